@@ -1,0 +1,54 @@
+#!/bin/sh
+# Bring a fresh Debian 12 machine (as root) to the point where `make demo` and `make test` run:
+# apt packages, then .venv with `pip install -e .[dev]`. Idempotent: when everything is there it
+# only checks, in about a second.
+set -eu
+
+cd "$(dirname "$0")/.."
+
+# Debian packages afield uses at build, test and run time. Keep in sync with README.md.
+APT_PACKAGES="
+mmdebstrap
+ostree
+gir1.2-ostree-1.0
+libgirepository1.0-dev
+libcairo2-dev
+pkg-config
+python3-venv
+bubblewrap
+grub-common
+debian-archive-keyring
+ca-certificates
+"
+
+missing=""
+for pkg in $APT_PACKAGES; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = "installed" ] || missing="$missing $pkg"
+done
+
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bootstrap: missing Debian packages:$missing; run as root or install them" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing$missing"
+    # A third-party source that cannot be reached must not stop the Debian ones from updating.
+    apt-get update -q || echo "bootstrap: apt-get update reported errors; continuing" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "bootstrap: creating .venv"
+    "$PYTHON" -m venv .venv
+fi
+
+# Reinstall only when the project's metadata changed since the last install.
+stamp=.venv/.afield-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "bootstrap: pip install -e .[dev]"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    touch "$stamp"
+fi

@@ -1,0 +1,74 @@
+"""The ``afield`` command line: one typer app, one module per command group.
+
+Commands are thin: parse arguments, call the library, print. Errors are handled once, in
+:func:`main`: an :class:`~afield.errors.AfieldError` prints ``error: ...`` and exits 2 when the
+user's input is wrong or 1 for any other failure; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from afield import __version__
+from afield.cli import blueprint, compose, demo, image
+from afield.cli._output import err_console
+from afield.errors import AfieldError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="afield",
+    help="Compose, ship, boot and roll back OS images on fleets of field devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(blueprint.app, name="blueprint")
+app.add_typer(image.app, name="image")
+app.command("compose")(compose.compose_command)
+app.command("demo")(demo.demo_command)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    """afield: image-based updates for field-deployed Linux devices."""
+    _state["debug"] = debug
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 failure, 2 bad input)."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, standalone_mode=False)
+    except AfieldError as e:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        return 2 if e.user_error else 1
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except typer.Abort:
+        err_console.print("aborted")
+        return 1
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Turn a blueprint into the list of compose stages and their options.
+
+Everything that changes a stage's output is in its options (so in its id); nothing else is. The
+order puts the expensive, rarely changing stages first (packages, kernel) so that editing files,
+users or services reuses their checkpoints.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+from afield.blueprint import Blueprint
+from afield.compose._sources import debian_mirrors
+from afield.compose.pipeline import StageSpec
+from afield.errors import ComposeError
+
+__all__ = ["BASE_PACKAGES", "Target", "host_target", "image_ref", "plan"]
+
+# What every afield image needs to boot from an OSTree deployment under systemd.
+BASE_PACKAGES = ("systemd", "systemd-sysv", "udev", "dbus", "dracut", "ostree", "ostree-boot")
+DRACUT_MODULES = ("ostree", "systemd")
+_UNIT_SUFFIXES = (
+    ".service",
+    ".socket",
+    ".timer",
+    ".target",
+    ".path",
+    ".mount",
+    ".automount",
+    ".swap",
+    ".slice",
+)
+_DEBIAN_SUITES = {"debian-12": "bookworm"}
+# Debian architecture name -> OSTree/uname architecture name.
+_ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an image is built for: the Debian suite and architecture, and the apt sources."""
+
+    suite: str
+    debian_arch: str
+    mirrors: tuple[str, ...]
+
+    @property
+    def arch(self) -> str:
+        """The OSTree architecture name used in refs (x86_64, aarch64)."""
+        return _ARCHES[self.debian_arch]
+
+
+def host_target(distro: str) -> Target:
+    """Build for the builder's own architecture from its Debian apt sources."""
+    suite = _DEBIAN_SUITES.get(distro)
+    if suite is None:
+        raise ComposeError(f"distro {distro!r} is not supported; supported: debian-12")
+    machine = platform.machine()
+    debian_arch = {v: k for k, v in _ARCHES.items()}.get(machine)
+    if debian_arch is None:
+        raise ComposeError(f"cannot compose on a {machine} builder; supported: x86_64, aarch64")
+    return Target(suite=suite, debian_arch=debian_arch, mirrors=tuple(debian_mirrors(suite)))
+
+
+def image_ref(blueprint: Blueprint, target: Target) -> str:
+    """The OSTree ref of an image: ``afield/<name>/<arch>/<stream>``."""
+    return f"afield/{blueprint.name}/{target.arch}/{blueprint.stream}"
+
+
+def _unit(name: str) -> str:
+    return name if name.endswith(_UNIT_SUFFIXES) else f"{name}.service"
+
+
+def _packages(blueprint: Blueprint) -> tuple[list[str], dict[str, str]]:
+    custom = blueprint.customizations
+    names = [*BASE_PACKAGES, blueprint.kernel_package]
+    if custom.locale is not None and custom.locale.languages:
+        names.append("locales")
+    if custom.timezone is not None:
+        if custom.timezone.timezone:
+            names.append("tzdata")
+        if custom.timezone.ntpservers:
+            names.append("systemd-timesyncd")
+    constraints: dict[str, str] = {}
+    for package in blueprint.packages:
+        names.append(package.name)
+        if package.version is not None:
+            constraints[package.name] = package.version
+    return sorted(set(names)), dict(sorted(constraints.items()))
+
+
+def _dump(model: Any, *fields: str) -> dict[str, Any]:
+    return {f: getattr(model, f) for f in fields}
+
+
+def plan(blueprint: Blueprint, target: Target, *, ref: str | None = None) -> list[StageSpec]:
+    """The stages that compose ``blueprint`` for ``target``, with the ref the commit lands on."""
+    custom = blueprint.customizations
+    epoch = blueprint.source_date_epoch
+    names, constraints = _packages(blueprint)
+    bootstrap: dict[str, Any] = {
+        "suite": target.suite,
+        "architecture": target.debian_arch,
+        "variant": "minbase",
+        "mirrors": list(target.mirrors),
+        "packages": names,
+        "source_date_epoch": epoch,
+    }
+    if constraints:
+        bootstrap["constraints"] = constraints
+    users = {
+        "groups": [{"name": g.name, "gid": g.gid} for g in custom.group],
+        "users": [
+            {
+                **_dump(u, "name", "description", "password", "key", "home", "shell", "uid"),
+                "gid": u.gid,
+                "groups": list(u.groups),
+            }
+            for u in custom.user
+        ],
+        "sshkeys": [{"user": k.user, "key": k.key} for k in custom.sshkey],
+        "source_date_epoch": epoch,
+    }
+    files = {
+        "directories": [
+            _dump(d, "path", "mode", "user", "group", "ensure_parents") for d in custom.directories
+        ],
+        "files": [
+            _dump(f, "path", "mode", "user", "group", "data", "ensure_parents")
+            for f in custom.files
+        ],
+    }
+    services = custom.services
+    specs = [
+        StageSpec("afield.debian.bootstrap", bootstrap),
+        StageSpec(
+            "afield.kernel",
+            {"dracut_modules": list(DRACUT_MODULES), "source_date_epoch": epoch},
+        ),
+        StageSpec("afield.users", users),
+        StageSpec("afield.files", files),
+        StageSpec(
+            "afield.services",
+            {
+                action: [_unit(u) for u in getattr(services, action)] if services else []
+                for action in ("enabled", "disabled", "masked")
+            },
+        ),
+        StageSpec("afield.hostname", {"hostname": custom.hostname or "localhost"}),
+        StageSpec(
+            "afield.timezone",
+            {
+                "timezone": custom.timezone.timezone if custom.timezone else None,
+                "ntpservers": list(custom.timezone.ntpservers) if custom.timezone else [],
+            },
+        ),
+        StageSpec(
+            "afield.locale",
+            {
+                "languages": list(custom.locale.languages) if custom.locale else [],
+                "keyboard": custom.locale.keyboard if custom.locale else None,
+            },
+        ),
+        StageSpec("afield.ostree.prepare", {}),
+        StageSpec(
+            "afield.ostree.commit",
+            {
+                "ref": ref or image_ref(blueprint, target),
+                "image": blueprint.name,
+                "arch": target.arch,
+                "version": blueprint.version,
+                "blueprint_sha256": blueprint.sha256,
+                "kernel_args": list(blueprint.kernel_args),
+                "source_date_epoch": epoch,
+            },
+        ),
+    ]
+    return specs

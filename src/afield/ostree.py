@@ -1,0 +1,314 @@
+"""The one module that talks to libostree (through PyGObject).
+
+It opens and creates repositories, writes commits from a directory with deterministic metadata,
+resolves refs, and reads commits back as plain Python values. Everything above it deals in
+checksums, refs and dicts; no GLib type or ``GLib.Error`` leaves this module.
+
+What it leaves to others: deciding what goes into a commit (``compose``), signing (``trust``),
+deployment policy (``device``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import gi
+
+gi.require_version("OSTree", "1.0")
+from gi.repository import Gio, GLib, OSTree  # noqa: E402
+
+from afield.errors import RepositoryError  # noqa: E402
+
+__all__ = [
+    "CommitInfo",
+    "Repo",
+    "is_checksum",
+]
+
+_CHECKSUM = re.compile(r"^[0-9a-f]{64}$")
+# Refs as OSTree accepts them, kept stricter: no remote prefix, no spaces.
+_REF = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+RepoMode = Literal["archive", "bare", "bare-user"]
+_MODES: dict[str, Any] = {
+    "archive": OSTree.RepoMode.ARCHIVE,
+    "bare": OSTree.RepoMode.BARE,
+    "bare-user": OSTree.RepoMode.BARE_USER,
+}
+
+
+def is_checksum(text: str) -> bool:
+    """Whether ``text`` is a full OSTree object checksum (64 lowercase hex digits)."""
+    return bool(_CHECKSUM.match(text))
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """A commit read back from a repository: its checksum, subject, time and metadata."""
+
+    checksum: str
+    subject: str
+    timestamp: int
+    parent: str | None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> str | None:
+        """The standard OSTree ``version`` metadata key."""
+        value = self.metadata.get("version")
+        return value if isinstance(value, str) else None
+
+
+def _variant(value: Any) -> GLib.Variant:
+    """Turn a plain value into the GVariant afield uses for it in commit metadata."""
+    if isinstance(value, bool):
+        return GLib.Variant("b", value)
+    if isinstance(value, int):
+        return GLib.Variant("t", value) if value >= 0 else GLib.Variant("x", value)
+    if isinstance(value, str):
+        return GLib.Variant("s", value)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return GLib.Variant("as", list(value))
+    raise RepositoryError(f"commit metadata value of type {type(value).__name__} not supported")
+
+
+class Repo:
+    """An OSTree repository on disk.
+
+    Args:
+        path: the repository directory (the one holding ``config`` and ``objects/``).
+        handle: an opened ``OSTree.Repo``; use :meth:`open` or :meth:`create` instead.
+    """
+
+    def __init__(self, path: Path, handle: Any) -> None:
+        self.path = path
+        self._repo = handle
+
+    @classmethod
+    def open(cls, path: Path) -> Repo:
+        """Open an existing repository; :class:`RepositoryError` if there is none at ``path``."""
+        if not (path / "config").is_file():
+            raise RepositoryError(
+                f"{path}: not an OSTree repository (no config file)", path=path, user_error=True
+            )
+        repo = OSTree.Repo.new(Gio.File.new_for_path(str(path)))
+        try:
+            repo.open(None)
+        except GLib.Error as e:
+            raise RepositoryError(f"{path}: cannot open OSTree repository: {e.message}") from e
+        return cls(path, repo)
+
+    @classmethod
+    def create(cls, path: Path, mode: RepoMode = "archive") -> Repo:
+        """Create a repository at ``path`` (idempotent), or open the one already there."""
+        if (path / "config").is_file():
+            return cls.open(path)
+        path.mkdir(parents=True, exist_ok=True)
+        repo = OSTree.Repo.new(Gio.File.new_for_path(str(path)))
+        try:
+            repo.create(_MODES[mode], None)
+        except GLib.Error as e:
+            raise RepositoryError(f"{path}: cannot create OSTree repository: {e.message}") from e
+        return cls(path, repo)
+
+    # -- refs -----------------------------------------------------------------------------------
+
+    def refs(self) -> dict[str, str]:
+        """All local refs and the commit each points to."""
+        try:
+            _, refs = self._repo.list_refs(None, None)
+        except GLib.Error as e:
+            raise RepositoryError(f"{self.path}: cannot list refs: {e.message}") from e
+        return dict(sorted(refs.items()))
+
+    def resolve(self, ref_or_checksum: str) -> str:
+        """The commit checksum a ref names, or the checksum itself if that commit is here.
+
+        A unique prefix of at least 8 hex digits of a commit in the repository also resolves.
+        """
+        text = ref_or_checksum.strip()
+        if is_checksum(text):
+            if not self.has_commit(text):
+                raise RepositoryError(
+                    f"{self.path}: no commit {text}", path=self.path, user_error=True
+                )
+            return text
+        refs = self.refs()
+        if text in refs:
+            return refs[text]
+        if re.fullmatch(r"[0-9a-f]{8,63}", text):
+            matches = sorted({c for c in self.commits() if c.startswith(text)})
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise RepositoryError(
+                    f"{self.path}: commit prefix {text} is ambiguous ({len(matches)} commits)",
+                    path=self.path,
+                    user_error=True,
+                )
+        known = ", ".join(refs) or "none"
+        raise RepositoryError(
+            f"{self.path}: no ref or commit {text!r}; refs here: {known}",
+            path=self.path,
+            user_error=True,
+        )
+
+    def set_ref(self, ref: str, checksum: str | None) -> None:
+        """Point ``ref`` at ``checksum`` (or delete it when ``checksum`` is None), atomically."""
+        _check_ref(ref)
+        if checksum is not None and not self.has_commit(checksum):
+            raise RepositoryError(f"{self.path}: cannot set ref {ref}: no commit {checksum}")
+        try:
+            self._repo.set_ref_immediate(None, ref, checksum, None)
+        except GLib.Error as e:
+            raise RepositoryError(f"{self.path}: cannot set ref {ref}: {e.message}") from e
+
+    # -- commits --------------------------------------------------------------------------------
+
+    def has_commit(self, checksum: str) -> bool:
+        """Whether the commit object ``checksum`` is in this repository."""
+        try:
+            _, have = self._repo.has_object(OSTree.ObjectType.COMMIT, checksum, None)
+        except GLib.Error as e:
+            raise RepositoryError(f"{self.path}: cannot look up {checksum}: {e.message}") from e
+        return bool(have)
+
+    def commits(self) -> list[str]:
+        """Checksums of every commit object in the repository."""
+        try:
+            objects = self._repo.list_commit_objects_starting_with("", None)
+        except GLib.Error as e:
+            raise RepositoryError(f"{self.path}: cannot list commits: {e.message}") from e
+        found = objects[1] if isinstance(objects, tuple) else objects
+        return sorted(v.unpack()[0] for v in found)
+
+    def commit_info(self, ref_or_checksum: str) -> CommitInfo:
+        """Read a commit and its metadata."""
+        checksum = self.resolve(ref_or_checksum)
+        try:
+            _, variant = self._repo.load_variant(OSTree.ObjectType.COMMIT, checksum)
+        except GLib.Error as e:
+            raise RepositoryError(f"{self.path}: cannot load commit {checksum}: {e.message}") from e
+        metadata = variant.get_child_value(0).unpack()
+        parent = OSTree.commit_get_parent(variant)
+        subject = variant.get_child_value(3).get_string()
+        timestamp = OSTree.commit_get_timestamp(variant)
+        return CommitInfo(
+            checksum=checksum,
+            subject=subject,
+            timestamp=int(timestamp),
+            parent=parent,
+            metadata=metadata,
+        )
+
+    def commit_object_path(self, checksum: str) -> Path:
+        """Where the commit object file lives (its sha256 is the checksum in archive mode)."""
+        return self.path / "objects" / checksum[:2] / f"{checksum[2:]}.commit"
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A repository transaction: committed on success, aborted (repo unchanged) on error."""
+        try:
+            self._repo.prepare_transaction(None)
+        except GLib.Error as e:
+            raise RepositoryError(f"{self.path}: cannot start transaction: {e.message}") from e
+        try:
+            yield
+        except BaseException:
+            self._repo.abort_transaction(None)
+            raise
+        try:
+            self._repo.commit_transaction(None)
+        except GLib.Error as e:
+            self._repo.abort_transaction(None)
+            raise RepositoryError(f"{self.path}: cannot finish transaction: {e.message}") from e
+
+    def commit_tree(
+        self,
+        tree: Path,
+        *,
+        subject: str,
+        metadata: Mapping[str, Any],
+        timestamp: int,
+        ref: str | None = None,
+    ) -> str:
+        """Commit the directory ``tree`` and return the commit checksum.
+
+        The commit has no parent and takes its time from ``timestamp``, so the same tree and
+        metadata always give the same checksum. File ownership, modes and xattrs are kept as they
+        are on disk. With ``ref``, the ref is moved in the same transaction; on any error the
+        repository is left as it was.
+        """
+        if ref is not None:
+            _check_ref(ref)
+        meta = GLib.Variant("a{sv}", {k: _variant(v) for k, v in sorted(metadata.items())})
+        try:
+            with self.transaction():
+                mtree = OSTree.MutableTree.new()
+                modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, None)
+                self._repo.write_directory_to_mtree(
+                    Gio.File.new_for_path(str(tree)), mtree, modifier, None
+                )
+                _, root = self._repo.write_mtree(mtree, None)
+                _, checksum = self._repo.write_commit_with_time(
+                    None, subject, None, meta, root, timestamp, None
+                )
+                if ref is not None:
+                    self._repo.transaction_set_ref(None, ref, checksum)
+        except GLib.Error as e:
+            raise RepositoryError(f"{self.path}: cannot commit {tree}: {e.message}") from e
+        return str(checksum)
+
+    def pull_local(self, source: Repo, checksum: str) -> None:
+        """Copy the commit ``checksum`` and every object it needs from the local repo ``source``.
+
+        Objects already here are skipped, so pulling a commit that differs in a few files from
+        one already present costs only those files. Refs are not touched.
+        """
+        options = GLib.Variant(
+            "a{sv}",
+            {
+                "refs": GLib.Variant("as", [checksum]),
+                "depth": GLib.Variant("i", 0),
+            },
+        )
+        try:
+            self._repo.pull_with_options(f"file://{source.path.resolve()}", options, None, None)
+        except GLib.Error as e:
+            raise RepositoryError(
+                f"{self.path}: cannot pull {checksum} from {source.path}: {e.message}"
+            ) from e
+
+    def read_file(self, ref_or_checksum: str, path: str) -> bytes:
+        """The content of the regular file ``path`` in a commit."""
+        checksum = self.resolve(ref_or_checksum)
+        try:
+            _, root, _ = self._repo.read_commit(checksum, None)
+            f = root.resolve_relative_path(path.lstrip("/"))
+            stream = f.read(None)
+            data = bytearray()
+            while True:
+                chunk = stream.read_bytes(1 << 16, None).get_data()
+                if not chunk:
+                    break
+                data += chunk
+            stream.close(None)
+        except GLib.Error as e:
+            raise RepositoryError(
+                f"{self.path}: cannot read {path} in {checksum}: {e.message}"
+            ) from e
+        return bytes(data)
+
+
+def _check_ref(ref: str) -> None:
+    if not _REF.match(ref):
+        raise RepositoryError(
+            f"invalid ref {ref!r}: use path segments of letters, digits, '.', '_' or '-' "
+            "separated by '/', e.g. afield/gateway/x86_64/stable",
+            user_error=True,
+        )
