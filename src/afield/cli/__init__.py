@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from afield import __version__
 from afield.cli import blueprint, compose, demo, image
@@ -33,8 +34,9 @@ app.command("demo")(demo.demo_command)
 _state = {"debug": False}
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
@@ -42,6 +44,9 @@ def _root(
     _state["debug"] = debug
     if version:
         typer.echo(__version__)
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
         raise typer.Exit(0)
 
 
@@ -53,19 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     except AfieldError as e:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         return 2 if e.user_error else 1
     except typer.Exit as e:
         return int(e.exit_code or 0)
     except typer.Abort:
         err_console.print("aborted")
         return 1
-    except Exception as e:  # click's usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return 2
+    except Exception as e:
+        # Usage errors from typer's bundled click: they know how to print themselves.
+        show, code = getattr(e, "show", None), getattr(e, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            return code
         raise
     return 0
 

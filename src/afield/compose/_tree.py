@@ -52,14 +52,13 @@ def run(
         )
     except FileNotFoundError as e:
         raise ComposeError(f"{argv[0]} is not installed (run `make bootstrap`)") from e
-    if proc.stdout is None:  # pragma: no cover - stdout=PIPE always gives a stream
-        raise ComposeError(f"{argv[0]}: no output stream")
-    for raw in proc.stdout:
-        line = raw.rstrip("\n")
-        tail.append(line)
-        lines.append(line)
-        log(line)
-    code = proc.wait()
+    with proc:
+        for raw in proc.stdout or ():
+            line = raw.rstrip("\n")
+            tail.append(line)
+            lines.append(line)
+            log(line)
+        code = proc.wait()
     if code != 0:
         name = what or Path(argv[0]).name
         detail = "\n".join(tail)

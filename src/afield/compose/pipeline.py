@@ -16,6 +16,7 @@ What it leaves to others: what the stages are (:mod:`afield.compose.plan`), what
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib
 import json
@@ -126,19 +127,43 @@ def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def stage_code(name: str) -> str:
+    """sha256 of a stage's module source and schema: a changed stage never reuses old results."""
+    module = registry().get(name)
+    if module is None:
+        raise ComposeError(f"unknown stage {name!r}")
+    source = Path(cast(str, module.__file__))
+    digest = hashlib.sha256(source.read_bytes())
+    digest.update(source.with_suffix(".json").read_bytes())
+    # The helpers every stage runs commands and resolves paths with.
+    digest.update((Path(__file__).parent / "_tree.py").read_bytes())
+    return digest.hexdigest()
+
+
 def stage_ids(specs: list[StageSpec]) -> list[str]:
-    """The hash-chain id of every stage in ``specs``."""
+    """The hash-chain id of every stage in ``specs``.
+
+    Stage *i*'s id covers its name, options and code and the id of stage *i-1*.
+    """
     ids: list[str] = []
     previous = ""
     for spec in specs:
         digest = hashlib.sha256(
-            _canonical({"name": spec.name, "options": spec.options, "input": previous})
+            _canonical(
+                {
+                    "name": spec.name,
+                    "options": spec.options,
+                    "code": stage_code(spec.name),
+                    "input": previous,
+                }
+            )
         ).hexdigest()
         ids.append(digest)
         previous = digest
     return ids
 
 
+@functools.cache
 def registry() -> dict[str, ModuleType]:
     """Every stage module by its ``NAME``."""
     found: dict[str, ModuleType] = {}

@@ -1,0 +1,123 @@
+"""The raw baseline: the compose's package set by plain mmdebstrap, committed by the ostree CLI.
+
+It installs exactly the packages and mirrors of the compose plan's bootstrap stage, reading .debs
+from the same pool the compose reads them from (``--skip=download/empty`` and a ``sync-in`` setup
+hook, as afield.debian.bootstrap does), empties ``/dev`` (OSTree refuses device nodes) and commits
+the tree to a fresh archive repository. It does not make the tree OSTree-ready (no ``/usr/etc``,
+``/var`` kept, the kernel postinst's own initramfs): it is what the raw tools cost.
+
+Filling the package pool (an untimed run that also syncs packages out) lives here too, since it is
+the same command. Timing the compose itself is left to ``run.py``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _workload import remove_tree, tree_size
+
+__all__ = ["BaselineRun", "fill_pool", "mmdebstrap_argv", "run_baseline"]
+
+_TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class BaselineRun:
+    """One baseline measurement: total seconds, seconds per phase, size of the repository."""
+
+    seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
+    repo_bytes: int = 0
+
+
+def mmdebstrap_argv(
+    options: Mapping[str, Any], tree: Path, pool: Path, *, sync_out: bool = False
+) -> list[str]:
+    """Plain mmdebstrap for the bootstrap stage's ``options``, packages read from ``pool``."""
+    constraints: Mapping[str, str] = options.get("constraints", {})
+    includes = [
+        f"{name}={constraints[name]}" if name in constraints else name
+        for name in options["packages"]
+    ]
+    argv = [
+        "mmdebstrap",
+        "--mode=root",
+        f"--variant={options['variant']}",
+        f"--architectures={options['architecture']}",
+        '--aptopt=APT::Install-Recommends "false"',
+        f"--include={','.join(includes)}",
+        "--skip=download/empty",
+        '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
+        f"--setup-hook=sync-in {shlex.quote(str(pool))} /var/cache/apt/archives/",
+    ]
+    if sync_out:
+        argv.append(f"--customize-hook=sync-out /var/cache/apt/archives {shlex.quote(str(pool))}")
+    return [*argv, options["suite"], str(tree), *options["mirrors"]]
+
+
+def _run(argv: Sequence[str], log: Path) -> None:
+    with log.open("a") as out:
+        out.write(f"$ {shlex.join(argv)}\n")
+        out.flush()
+        code = subprocess.run(
+            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
+        ).returncode
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-_TAIL_LINES:])
+        raise SystemExit(f"{argv[0]} failed with exit code {code} (log {log}):\n{tail}")
+
+
+def fill_pool(options: Mapping[str, Any], pool: Path, scratch: Path) -> float:
+    """Download into ``pool`` whatever the package set needs and it lacks; the seconds taken."""
+    pool.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True)
+    began = time.perf_counter()
+    _run(mmdebstrap_argv(options, scratch / "tree", pool, sync_out=True), scratch / "log")
+    seconds = time.perf_counter() - began
+    remove_tree(scratch)
+    return seconds
+
+
+def _empty(directory: Path) -> None:
+    """``rm -rf DIR/*``."""
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            remove_tree(child)
+        else:
+            child.unlink()
+
+
+def run_baseline(options: Mapping[str, Any], pool: Path, scratch: Path) -> BaselineRun:
+    """Time mmdebstrap, ``rm -rf dev/*`` and ``ostree commit`` into a fresh archive repo."""
+    scratch.mkdir(parents=True)
+    tree, repo, log = scratch / "tree", scratch / "repo", scratch / "log"
+    phases: dict[str, float] = {}
+    began = time.perf_counter()
+    _run(mmdebstrap_argv(options, tree, pool), log)
+    phases["mmdebstrap"] = time.perf_counter() - began
+    mark = time.perf_counter()
+    _empty(tree / "dev")
+    phases["rm dev/*"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    _run(["ostree", f"--repo={repo}", "init", "--mode=archive"], log)
+    _run(
+        [
+            "ostree",
+            f"--repo={repo}",
+            "commit",
+            "--branch=baseline",
+            "--subject=baseline",
+            f"--tree=dir={tree}",
+        ],
+        log,
+    )
+    phases["ostree commit"] = time.perf_counter() - mark
+    seconds = time.perf_counter() - began
+    _files, repo_bytes = tree_size(repo / "objects")
+    return BaselineRun(seconds=seconds, phases=phases, repo_bytes=repo_bytes)

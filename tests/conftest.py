@@ -1,0 +1,96 @@
+"""Shared fixtures: where composes cache packages, and one composed image per test session.
+
+Composing an image takes minutes, so the slow tests share one: ``composed`` composes
+``examples/gateway.toml`` once per session into a session repository. Downloaded packages are
+kept in ``$AFIELD_TEST_CACHE`` (default ``~/.cache/afield-tests``) across sessions, so only the
+first run on a machine downloads; stage checkpoints and results live in a per-session directory
+so every session composes from scratch with the code under test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from afield import blueprint as bp
+from afield.compose import ComposeResult, compose
+
+PROJECT = Path(__file__).resolve().parents[1]
+EXAMPLE = PROJECT / "examples" / "gateway.toml"
+
+
+def debs_cache() -> Path:
+    """The .deb cache shared by every test session on this machine."""
+    base = Path(os.environ.get("AFIELD_TEST_CACHE", Path.home() / ".cache" / "afield-tests"))
+    path = base / "debs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fresh_cache(directory: Path) -> Path:
+    """A compose cache with no stages yet, whose debs/ links to the shared .deb cache."""
+    directory.mkdir(parents=True, exist_ok=True)
+    debs = directory / "debs"
+    if not debs.exists():
+        debs.mkdir()
+        for deb in debs_cache().iterdir():
+            os.link(deb, debs / deb.name)
+    return directory
+
+
+def keep_debs(cache: Path) -> None:
+    """Copy packages a compose downloaded into the shared .deb cache for later sessions."""
+    shared = debs_cache()
+    for deb in (cache / "debs").glob("*.deb"):
+        if not (shared / deb.name).exists():
+            shutil.copy2(deb, shared / deb.name)
+
+
+def afield(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real ``afield`` command line in a subprocess."""
+    result = subprocess.run(
+        [sys.executable, "-m", "afield.cli", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"afield {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@dataclass(frozen=True)
+class Composed:
+    """The session's composed example image."""
+
+    repo: Path
+    cache: Path
+    blueprint: Path
+    result: ComposeResult
+
+
+@pytest.fixture(scope="session")
+def composed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Composed]:
+    """``examples/gateway.toml`` composed once for the whole session."""
+    base = tmp_path_factory.mktemp("composed")
+    cache = fresh_cache(base / "cache")
+    blueprint_file = base / "gateway.toml"
+    shutil.copy(EXAMPLE, blueprint_file)
+    result = compose(bp.load(blueprint_file), base / "repo", cache_dir=cache)
+    keep_debs(cache)
+    yield Composed(repo=base / "repo", cache=cache, blueprint=blueprint_file, result=result)
+    _unmount_leftovers(base)
+
+
+def _unmount_leftovers(base: Path) -> None:
+    for line in Path("/proc/mounts").read_text().splitlines():
+        mountpoint = line.split()[1]
+        if mountpoint.startswith(str(base)):
+            subprocess.run(["umount", "--lazy", mountpoint], check=False)
