@@ -74,7 +74,8 @@ def test_tree_has_the_ostree_layout_and_the_customizations(composed: Composed) -
     assert f"/usr/lib/modules/{kver}/vmlinuz" in listing
     assert f"/usr/lib/modules/{kver}/initramfs.img" in listing
     assert "/usr/etc" in _ostree(f"--repo={composed.repo}/ostree", "ls", commit, "/usr")
-    # /etc and /var are empty in the image: OSTree fills /etc from /usr/etc, tmpfiles fills /var.
+    # No /etc (OSTree makes it from /usr/etc at deployment); /var is empty (tmpfiles fills it).
+    assert "/etc" not in _ostree(f"--repo={composed.repo}/ostree", "ls", commit, "/").split()
     assert _ostree(f"--repo={composed.repo}/ostree", "ls", commit, "/var").count("\n") == 1
     assert repo.read_file(commit, "/usr/etc/hostname") == b"gateway\n"
     conf = repo.read_file(commit, "/usr/etc/gateway/gateway.conf").decode()

@@ -117,8 +117,8 @@ def _prepare_etc(tree: Path) -> bool:
         link = wants / unit.name
         if not link.is_symlink():
             link.symlink_to(f"../{unit.name}")
+    # OSTree refuses a tree with both /etc and /usr/etc; it creates /etc at deployment.
     move(etc, tree / "usr" / "etc")
-    (tree / "etc").mkdir()
     return bool(host_keys)
 
 
