@@ -4,7 +4,8 @@ It installs exactly the packages and mirrors of the compose plan's bootstrap sta
 from the same pool the compose reads them from (``--skip=download/empty`` and a ``sync-in`` setup
 hook, as afield.debian.bootstrap does), empties ``/dev`` (OSTree refuses device nodes) and commits
 the tree to a fresh archive repository. It does not make the tree OSTree-ready (no ``/usr/etc``,
-``/var`` kept, the kernel postinst's own initramfs): it is what the raw tools cost.
+``/var`` kept): it is what the raw tools cost. Plain mmdebstrap builds the initramfs twice; the
+``one_initramfs`` variant builds it once, like the compose, for a like-for-like comparison.
 
 Filling the package pool (an untimed run that also syncs packages out) lives here too, since it is
 the same command. Timing the compose itself is left to ``run.py``.
@@ -12,6 +13,7 @@ the same command. Timing the compose itself is left to ``run.py``.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
@@ -61,12 +63,17 @@ def mmdebstrap_argv(
     return [*argv, options["suite"], str(tree), *options["mirrors"]]
 
 
-def _run(argv: Sequence[str], log: Path) -> None:
+def _run(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> None:
     with log.open("a") as out:
         out.write(f"$ {shlex.join(argv)}\n")
         out.flush()
         code = subprocess.run(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            check=False,
         ).returncode
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-_TAIL_LINES:])
@@ -74,11 +81,15 @@ def _run(argv: Sequence[str], log: Path) -> None:
 
 
 def fill_pool(options: Mapping[str, Any], pool: Path, scratch: Path) -> float:
-    """Download into ``pool`` whatever the package set needs and it lacks; the seconds taken."""
+    """Download into ``pool`` whatever the package set needs and it lacks; the seconds taken.
+
+    The tree is thrown away, so the kernel postinst's initramfs is skipped (``INITRD=No``).
+    """
     pool.mkdir(parents=True, exist_ok=True)
     scratch.mkdir(parents=True)
     began = time.perf_counter()
-    _run(mmdebstrap_argv(options, scratch / "tree", pool, sync_out=True), scratch / "log")
+    argv = mmdebstrap_argv(options, scratch / "tree", pool, sync_out=True)
+    _run(argv, scratch / "log", env={"INITRD": "No"})
     seconds = time.perf_counter() - began
     remove_tree(scratch)
     return seconds
@@ -93,14 +104,34 @@ def _empty(directory: Path) -> None:
             child.unlink()
 
 
-def run_baseline(options: Mapping[str, Any], pool: Path, scratch: Path) -> BaselineRun:
-    """Time mmdebstrap, ``rm -rf dev/*`` and ``ostree commit`` into a fresh archive repo."""
+def _dracut(tree: Path, log: Path) -> None:
+    """Build the one initramfs of the tree's one kernel, as its postinst would."""
+    kernels = sorted(p.name for p in (tree / "usr" / "lib" / "modules").iterdir())
+    if len(kernels) != 1:
+        raise SystemExit(f"{tree}: expected one kernel in /usr/lib/modules, found {kernels}")
+    _run(["chroot", str(tree), "dracut", "--force", "--kver", kernels[0]], log)
+
+
+def run_baseline(
+    options: Mapping[str, Any], pool: Path, scratch: Path, *, one_initramfs: bool = False
+) -> BaselineRun:
+    """Time mmdebstrap, ``rm -rf dev/*`` and ``ostree commit`` into a fresh archive repo.
+
+    Plain mmdebstrap builds the initramfs twice (the kernel's postinst, then dracut's trigger
+    once ostree-boot is unpacked). With ``one_initramfs`` the postinst skips it (``INITRD=No``)
+    and one ``dracut --force`` in the tree builds it afterwards, as afield.kernel does.
+    """
     scratch.mkdir(parents=True)
     tree, repo, log = scratch / "tree", scratch / "repo", scratch / "log"
     phases: dict[str, float] = {}
     began = time.perf_counter()
-    _run(mmdebstrap_argv(options, tree, pool), log)
+    env = {"INITRD": "No"} if one_initramfs else None
+    _run(mmdebstrap_argv(options, tree, pool), log, env=env)
     phases["mmdebstrap"] = time.perf_counter() - began
+    if one_initramfs:
+        mark = time.perf_counter()
+        _dracut(tree, log)
+        phases["dracut"] = time.perf_counter() - mark
     mark = time.perf_counter()
     _empty(tree / "dev")
     phases["rm dev/*"] = time.perf_counter() - mark

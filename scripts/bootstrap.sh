@@ -16,6 +16,7 @@ libcairo2-dev
 pkg-config
 python3-venv
 bubblewrap
+busybox-static
 grub-common
 debian-archive-keyring
 ca-certificates

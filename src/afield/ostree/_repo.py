@@ -1,4 +1,4 @@
-"""The one module that talks to libostree (through PyGObject).
+"""OSTree repositories through libostree.
 
 It opens and creates repositories, writes commits from a directory with deterministic metadata,
 resolves refs, and reads commits back as plain Python values. Everything above it deals in
@@ -17,12 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import gi
-
-gi.require_version("OSTree", "1.0")
-from gi.repository import Gio, GLib, OSTree  # noqa: E402
-
-from afield.errors import RepositoryError  # noqa: E402
+from afield.errors import RepositoryError
+from afield.ostree._gi import Gio, GLib, OSTree
 
 __all__ = [
     "CommitInfo",

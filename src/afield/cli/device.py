@@ -1,0 +1,92 @@
+"""``afield device``: a device's sysroot from the factory to the field (and the simulator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from afield.cli._output import console, print_json
+from afield.device.bootseq import boot_once
+from afield.device.lifecycle import Device
+from afield.device.status import device_status
+
+app = typer.Typer(
+    help="Install, update, boot and roll back a device's sysroot.", no_args_is_help=True
+)
+
+SysrootOption = typer.Option(..., "--sysroot", help="The device's sysroot directory.")
+RepoOption = typer.Option(..., "--repo", help="The afield repository holding the commit.")
+CommitOption = typer.Option(..., "--commit", help="Commit checksum (or unique prefix) or ref.")
+JsonOption = typer.Option(False, "--json", help="Print JSON.")
+
+
+@app.command("init")
+def init(
+    sysroot: Path = SysrootOption,
+    os_name: str = typer.Option(..., "--os", help="The OS (stateroot) name, e.g. gateway."),
+    server: str | None = typer.Option(None, "--server", help="Fleet manager URL."),
+    trust_root: Path | None = typer.Option(None, "--trust-root", help="TUF root.json."),
+) -> None:
+    """Lay out an empty sysroot, grubenv and agent configuration."""
+    Device.init(sysroot, os_name, server=server, trust_root=trust_root)
+    console.print(f"initialised {sysroot} for {os_name}")
+
+
+@app.command("install")
+def install(
+    sysroot: Path = SysrootOption, repo: Path = RepoOption, commit: str = CommitOption
+) -> None:
+    """Factory install: deploy a first image."""
+    deployment = Device.open(sysroot).install(repo, commit)
+    console.print(f"installed {deployment.checksum}")
+
+
+@app.command("stage")
+def stage(
+    sysroot: Path = SysrootOption, repo: Path = RepoOption, commit: str = CommitOption
+) -> None:
+    """Stage an update as the new default and arm the boot counter."""
+    deployment = Device.open(sysroot).stage(repo, commit)
+    console.print(f"staged {deployment.checksum}; it boots next, under the boot counter")
+
+
+@app.command("boot")
+def boot(sysroot: Path = SysrootOption, as_json: bool = JsonOption) -> None:
+    """Power the simulated device on once: firmware, health checks, and their outcome."""
+    result = boot_once(Device.open(sysroot))
+    if as_json:
+        print_json(result.to_dict())
+        return
+    health = "healthy" if result.healthy else "unhealthy"
+    via = " (fallback)" if result.fallback else ""
+    console.print(f"booted {result.version} {result.checksum[:12]}{via}: {health}; {result.reason}")
+    for check in result.report.failed:
+        console.print(f"  failed {check.stage}/{check.name}: {check.reason}")
+    if result.reboot:
+        console.print("the agent asks for a reboot (run `afield device boot` again)")
+
+
+@app.command("status")
+def status(sysroot: Path = SysrootOption, as_json: bool = JsonOption) -> None:
+    """Booted, pending and rollback deployments, the boot counter, the last boot, events."""
+    data = device_status(Device.open(sysroot))
+    if as_json:
+        print_json(data)
+        return
+    for key in ("booted", "pending", "rollback"):
+        value = data[key]
+        text = f"{value['version']} {value['checksum'][:12]}" if value else "-"
+        console.print(f"{key:9} {text}")
+    console.print(
+        f"counter   boot_counter={data['boot_counter']} boot_success={data['boot_success']}"
+    )
+    for event in data["events"][-10:]:
+        console.print(f"  {event['event']}")
+
+
+@app.command("rollback")
+def rollback(sysroot: Path = SysrootOption) -> None:
+    """Make the previous deployment the default (manual rollback)."""
+    deployment = Device.open(sysroot).rollback()
+    console.print(f"rolled back: {deployment.checksum} boots next")
