@@ -18,6 +18,8 @@ python3-venv
 bubblewrap
 busybox-static
 grub-common
+grub-emu
+e2fsprogs
 debian-archive-keyring
 ca-certificates
 "

@@ -137,6 +137,11 @@ class ProtocolError(FdoError):
 class DeviceError(AfieldError):
     """A device-side operation (deploy, boot, health check, rollback) failed."""
 
+    def __init__(self, message: str, *, user_error: bool = False) -> None:
+        super().__init__(message)
+        if user_error:
+            self.user_error = True
+
 
 class FleetError(AfieldError):
     """A fleet-manager operation failed."""

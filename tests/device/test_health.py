@@ -362,7 +362,7 @@ def test_conf_reads_keys_quotes_and_multiline_arrays() -> None:
         ),
         (
             "GREENBOOT_MAX_BOOT_ATTEMPTS=0\n",
-            ":1: GREENBOOT_MAX_BOOT_ATTEMPTS: expected an integer 1..100",
+            ":1: GREENBOOT_MAX_BOOT_ATTEMPTS: expected an integer 1..10",
         ),
         (
             "\n\nAFIELD_HEALTHCHECK_TIMEOUT=-1\n",
@@ -446,7 +446,7 @@ def test_conf_fuzz_gives_a_config_or_a_device_error(text: str) -> None:
     except DeviceError as e:
         assert str(e).startswith("/etc/greenboot/greenboot.conf:")
     else:
-        assert 1 <= config.max_boot_attempts <= 100 and 0 < config.timeout <= 86400
+        assert 1 <= config.max_boot_attempts <= 10 and 0 < config.timeout <= 86400
 
 
 NAMES = st.from_regex(r"[A-Za-z0-9_.][A-Za-z0-9_. -]{0,20}", fullmatch=True).filter(
@@ -454,7 +454,7 @@ NAMES = st.from_regex(r"[A-Za-z0-9_.][A-Za-z0-9_. -]{0,20}", fullmatch=True).fil
 )
 
 
-@given(st.integers(1, 100), st.frozensets(NAMES, max_size=5), st.integers(1, 86400))
+@given(st.integers(1, 10), st.frozensets(NAMES, max_size=5), st.integers(1, 86400))
 def test_conf_written_as_shell_reads_back_the_same(
     attempts: int, disabled: frozenset[str], timeout: int
 ) -> None:
@@ -475,8 +475,8 @@ def test_conf_written_as_shell_reads_back_the_same(
 def busybox_root(tmp_path: Path) -> Path:
     """A tiny deployment tree: busybox as /bin/sh (and bash), a marker only it has."""
     busybox = shutil.which("busybox")
-    if busybox is None or shutil.which("bwrap") is None:
-        pytest.skip("needs busybox (busybox-static) and bwrap")
+    # busybox-static and bubblewrap come from scripts/bootstrap.sh; missing means broken set-up.
+    assert busybox is not None and shutil.which("bwrap") is not None
     tree = tmp_path / "busybox-deploy"
     for d in ("bin", "proc", "dev", "tmp", REQ, ETC_REQ):
         (tree / d).mkdir(parents=True)

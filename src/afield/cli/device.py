@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import typer
 
 from afield.cli._output import console, print_json
-from afield.device.bootseq import boot_once
+from afield.device.bootseq import boot_once, healthcheck_booted
 from afield.device.lifecycle import Device
 from afield.device.status import device_status
 
@@ -65,6 +66,26 @@ def boot(sysroot: Path = SysrootOption, as_json: bool = JsonOption) -> None:
         console.print(f"  failed {check.stage}/{check.name}: {check.reason}")
     if result.reboot:
         console.print("the agent asks for a reboot (run `afield device boot` again)")
+
+
+@app.command("healthcheck")
+def healthcheck(
+    sysroot: Path = typer.Option(Path("/"), "--sysroot", help="The booted system's root."),
+    no_reboot: bool = typer.Option(False, "--no-reboot", help="Never ask systemd to reboot."),
+    as_json: bool = JsonOption,
+) -> None:
+    """On a booted device: run the health checks and act (afield-healthcheck.service)."""
+    result = healthcheck_booted(Device.open(sysroot))
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        state = "healthy" if result.healthy else "unhealthy"
+        console.print(f"afield: {result.version} {result.checksum[:12]} {state}: {result.reason}")
+    if result.reboot and not no_reboot:
+        # greenboot's redboot-auto-reboot: an update on trial failed, try again (or fall back).
+        subprocess.run(["systemctl", "reboot"], check=False)
+    if not result.healthy:
+        raise typer.Exit(1)
 
 
 @app.command("status")

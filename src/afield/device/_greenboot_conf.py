@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from afield.device.boot.counter import MAX_ATTEMPTS_LIMIT
 from afield.errors import DeviceError
 
 __all__ = [
@@ -42,7 +43,8 @@ DISABLED_HEALTHCHECKS = "DISABLED_HEALTHCHECKS"
 AFIELD_HEALTHCHECK_TIMEOUT = "AFIELD_HEALTHCHECK_TIMEOUT"
 
 DEFAULT_MAX_BOOT_ATTEMPTS = 3
-MAX_BOOT_ATTEMPTS_LIMIT = 100
+# The GRUB counter script afield renders counts from at most this many attempts.
+MAX_BOOT_ATTEMPTS_LIMIT = MAX_ATTEMPTS_LIMIT
 DEFAULT_TIMEOUT = 300.0
 MAX_TIMEOUT = 86400.0
 

@@ -27,6 +27,7 @@ from afield.device.health import (
     BubblewrapExecutor,
     Executor,
     HealthReport,
+    HostExecutor,
     load_config,
     run_checks,
     run_green,
@@ -36,7 +37,15 @@ from afield.device.lifecycle import Device
 from afield.errors import DeviceError
 from afield.ostree import Deployment
 
-__all__ = ["BootResult", "ExecutorFactory", "boot_once", "run_boot_sequence"]
+__all__ = [
+    "BootResult",
+    "ExecutorFactory",
+    "boot_once",
+    "bubblewrap_executor",
+    "healthcheck_booted",
+    "host_executor",
+    "run_boot_sequence",
+]
 
 ExecutorFactory = Callable[[Device, Deployment], Executor]
 
@@ -45,6 +54,11 @@ def bubblewrap_executor(device: Device, deployment: Deployment) -> Executor:
     """Run checks inside the deployment, with the stateroot's /var as /var (as at boot)."""
     var = device.sysroot_path / "ostree" / "deploy" / device.osname / "var"
     return BubblewrapExecutor(deployment.path, extra_args=("--bind", str(var), "/var"))
+
+
+def host_executor(device: Device, deployment: Deployment) -> Executor:
+    """Run checks directly: on a real device the booted deployment already is ``/``."""
+    return HostExecutor(Path("/"))
 
 
 @dataclass(frozen=True)
@@ -126,8 +140,7 @@ def run_boot_sequence(
     if action is counter.Action.MARK_GOOD:
         state.update(known_good=booted.name, last_boot=report.to_dict())
     if outcome.write_env:
-        grubenv.write_grubenv(device.grubenv_path, outcome.env)
-        fault.point("boot:env-written")
+        device.write_env(outcome.env, point=action.value)
     if report.healthy:
         state.update(last_boot=report.to_dict())
         green = run_green(booted.path, executor, config)
@@ -199,4 +212,27 @@ def boot_once(
         fallback=chosen.fallback,
         env_error=chosen.env_error,
         executor_factory=executor_factory,
+    )
+
+
+def healthcheck_booted(device: Device) -> BootResult:
+    """The boot sequence on a real OSTree-booted device (``afield-healthcheck.service``)."""
+    booted = device.sysroot.booted()
+    if booted is None:
+        raise DeviceError(
+            f"{device.sysroot_path}: not booted from an OSTree deployment "
+            "(no ostree= on the kernel command line); use `afield device boot` to simulate"
+        )
+    try:
+        fallback = device.read_env().get(counter.COUNTER) == counter.FALLBACK_COUNTER
+        env_error = None
+    except DeviceError as e:
+        fallback, env_error = False, e.message
+    return run_boot_sequence(
+        device,
+        booted,
+        index=booted.index,
+        fallback=fallback,
+        env_error=env_error,
+        executor_factory=host_executor,
     )

@@ -140,19 +140,24 @@ class Device:
             resolved = repo.resolve(checksum)
             info = image_info(repo, resolved)
         except RepositoryError as e:
-            raise DeviceError(f"cannot stage {checksum}: {e.message}") from e
+            raise DeviceError(f"cannot stage {checksum}: {e.message}", user_error=True) from e
         if not info.kernel:
             raise DeviceError(
                 f"cannot stage {resolved}: not bootable (the commit records no kernel; "
-                "compose it with afield)"
+                "compose it with afield)",
+                user_error=True,
             )
         arch = _ARCH.get(platform.machine(), platform.machine())
         if info.arch and info.arch != arch:
-            raise DeviceError(f"cannot stage {resolved}: built for {info.arch}, device is {arch}")
+            raise DeviceError(
+                f"cannot stage {resolved}: built for {info.arch}, device is {arch}",
+                user_error=True,
+            )
         if info.image and info.image != self.osname:
             raise DeviceError(
                 f"cannot stage {resolved}: image {info.image!r} is for another OS "
-                f"than this device's {self.osname!r}"
+                f"than this device's {self.osname!r}",
+                user_error=True,
             )
         return {"checksum": resolved, "version": info.version, "kargs": list(info.kernel_args)}
 
@@ -168,6 +173,9 @@ class Device:
         entries = bls.load_entries(self.entries_dir)
         text = grubcfg.render_grub_cfg(entries, fallback_index=fallback_index)
         atomic_write(self.grubcfg_path, text.encode(), point="grub.cfg")
+        # Only now may old deployments and their /boot links go: grub.cfg no longer names them.
+        self.sysroot.cleanup()
+        fault.point("cleanup")
 
     def install(self, repo_dir: Path, commit: str) -> Deployment:
         """Factory install: deploy ``commit`` as the only deployment."""
@@ -180,7 +188,7 @@ class Device:
         sysroot.write_deployments([new])
         fault.point("install:written")
         self._write_grub_cfg(fallback_index=0)
-        grubenv.write_grubenv(self.grubenv_path, {counter.SUCCESS: "1"})
+        self.write_env({counter.SUCCESS: "1"}, point="install")
         installed = self.deployments()[0]
         # The factory image is the first known-good deployment.
         self.state.update(known_good=installed.name)
@@ -197,7 +205,9 @@ class Device:
                 f"{self.sysroot_path}: nothing installed; use `afield device install`"
             )
         if current.checksum == found["checksum"]:
-            raise DeviceError(f"{found['checksum']} is already the running deployment")
+            raise DeviceError(
+                f"{found['checksum']} is already the running deployment", user_error=True
+            )
         sysroot = self.sysroot
         sysroot.pull(repo, found["checksum"])
         fault.point("stage:pulled")
@@ -207,7 +217,7 @@ class Device:
         if self.state.load().get("known_good") is None:
             self.state.update(known_good=current.name)
         # Arm first: whatever boots after a power cut from here on is under the counter.
-        grubenv.write_grubenv(self.grubenv_path, counter.arm(self._env_or_empty(), attempts))
+        self.write_env(counter.arm(self._env_or_empty(), attempts), point="arm")
         fault.point("stage:armed")
         sysroot.write_deployments([new, current])
         fault.point("stage:written")
@@ -228,7 +238,7 @@ class Device:
         fault.point("rollback:written")
         self._write_grub_cfg(fallback_index=0)
         env = {k: v for k, v in self._env_or_empty().items() if k != counter.COUNTER}
-        grubenv.write_grubenv(self.grubenv_path, {**env, counter.SUCCESS: "1"})
+        self.write_env({**env, counter.SUCCESS: "1"}, point="rollback")
         fault.point("rollback:env")
         self.state.record(
             "rolled back", reason="manual", to=order[0].checksum, **{"from": order[1].checksum}
@@ -244,6 +254,12 @@ class Device:
             self.sysroot.write_deployments(order)
             fault.point("finalize:written")
         self._write_grub_cfg(fallback_index=0)
+
+    def write_env(self, env: dict[str, str], *, point: str) -> None:
+        """Replace the grubenv atomically, with fault points around the write."""
+        fault.point(f"grubenv:{point}:before")
+        grubenv.write_grubenv(self.grubenv_path, env)
+        fault.point(f"grubenv:{point}:after")
 
     def _env_or_empty(self) -> dict[str, str]:
         try:

@@ -122,6 +122,14 @@ class Sysroot:
             )
         return result
 
+    def booted(self) -> Deployment | None:
+        """The deployment the running system booted, on a real OSTree-booted machine."""
+        self.load()
+        handle = self._sysroot.get_booted_deployment()
+        if handle is None:
+            return None
+        return next((d for d in self.deployments() if d.handle.equal(handle)), None)
+
     def pull(self, source: Repo, checksum: str) -> None:
         """Copy commit ``checksum`` from ``source`` into the sysroot's repository."""
         self.repo().pull_local(source, checksum)
@@ -166,15 +174,26 @@ class Sysroot:
     def write_deployments(self, deployments: Sequence[Deployment]) -> None:
         """Make ``deployments`` the boot list, in this order (the first is the default).
 
-        Deployments left out are removed from disk. Atomic: a power cut leaves either the old
-        or the new list.
+        Atomic: a power cut leaves either the old or the new list. Deployments left out stay on
+        disk (with their ``/boot`` links) until :meth:`cleanup`, so a bootloader configuration
+        written for the old list keeps working until the new one has been written.
         """
         try:
             # Deployments are matched by (os, checksum, serial): handles from an earlier load of
             # this or another Sysroot object are fine, but the sysroot itself must be loaded.
             self._sysroot.load(None)
-            self._sysroot.write_deployments([d.handle for d in deployments], None)
-            self._sysroot.cleanup(None)
+            options = OSTree.SysrootWriteDeploymentsOpts()
+            options.do_postclean = False
+            self._sysroot.write_deployments_with_options(
+                [d.handle for d in deployments], options, None
+            )
         except GLib.Error as e:
             raise _error(f"{self.path}: cannot write deployments", e) from e
         self.load()
+
+    def cleanup(self) -> None:
+        """Remove deployments, boot directories and objects nothing refers to any more."""
+        try:
+            self._sysroot.cleanup(None)
+        except GLib.Error as e:
+            raise _error(f"{self.path}: cannot clean up", e) from e

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,9 +19,7 @@ from afield.device.boot.bls import (
 )
 
 OSTREE = shutil.which("ostree")
-needs_ostree_admin = pytest.mark.skipif(
-    OSTREE is None or os.geteuid() != 0, reason="needs the ostree command line, as root"
-)
+needs_ostree_admin = pytest.mark.root
 
 ENTRY = """\
 title Debian GNU/Linux 12 (bookworm) 2.0 (ostree:0)

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -22,8 +23,15 @@ from afield.device.boot.grubenv import (
     write_grubenv,
 )
 
+T = TypeVar("T")
 GRUB_EDITENV = shutil.which("grub-editenv")
-needs_editenv = pytest.mark.skipif(GRUB_EDITENV is None, reason="needs grub-editenv (grub-common)")
+
+
+# grub-common is installed by scripts/bootstrap.sh: a missing tool fails, never skips.
+def needs_editenv(test: T) -> T:
+    """Documents that the test runs grub-editenv."""
+    return test
+
 
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True)
 # Printable text plus the two characters GRUB escapes, and tab.
@@ -235,7 +243,7 @@ def test_fuzzed_body_reads_as_dict_or_grubenv_error(body: bytes, pad: int) -> No
     assert parse_grubenv(format_grubenv(env)) == env  # whatever we accept, we can write back
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(env=envs, offset=st.integers(0, GRUBENV_SIZE - 1), byte=st.integers(0, 255))
 def test_flipped_byte_reads_as_dict_or_grubenv_error(
     env: dict[str, str], offset: int, byte: int

@@ -55,11 +55,19 @@ The caller's protocol (each step one atomic write; power may fail between any tw
   Repeating it is harmless, so a cut anywhere is recovered on the next boot.
 * :attr:`Action.NOTHING`: stay up and report; a human or the fleet decides.
 
-Bounds this gives (checked by the property tests): a new deployment boots at most N times before
-the fallback, so boot N+1 after staging runs a known-good deployment at the latest; after the
-first fallback boot a failed deployment never boots again; a deployment that once finished a
-healthy boot is kept. GRUB cannot tell a torn grubenv from no grubenv, so each torn write by GRUB
-costs at most one more boot of the default before userspace repairs it.
+Bounds this gives (checked by the property tests, which cut power before userspace and between
+any two writes): a new deployment boots at most N times before the fallback, so from boot N+1 after
+staging on a known-good deployment runs; after the first fallback boot a failed deployment never
+boots again; a deployment that once passed and was recorded as known-good stays the default. A
+grubenv GRUB cannot load (its in-place ``save_env`` torn by a power cut) stops the counting; each
+such fault costs at most one uncounted boot of the default before userspace, which detects the
+damage, finalizes.
+
+Left to the deployment: GRUB's ``save_env`` refuses files it cannot write in place (btrfs, LVM,
+RAID, compressed or sparse files), and then the counter never moves and a broken update reboots
+forever; grubenv must live on a plain ext2/3/4 or FAT ``/boot``. :mod:`~afield.device.boot.grubenv`
+is stricter than GRUB, so a block GRUB still reads (say, one cut short) is "unreadable" here; the
+agent then falls back, which is the safe side.
 """
 
 from __future__ import annotations

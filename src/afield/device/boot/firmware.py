@@ -15,12 +15,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from afield.device import fault
 from afield.device.boot import counter, grubenv
 from afield.device.boot.bls import BootEntry, load_entries
 from afield.device.boot.grubcfg import COUNTER_BEGIN, COUNTER_END
 from afield.errors import DeviceError
 
-__all__ = ["PowerOn", "fallback_index", "power_on"]
+__all__ = ["PowerOn", "fallback_index", "power_on", "save_env_in_place"]
 
 _DEFAULT = re.compile(r"^\s*set default=(\d+)\s*$", re.M)
 
@@ -35,6 +36,30 @@ def fallback_index(grub_cfg: str) -> int:
         return 1
     match = _DEFAULT.search(grub_cfg, start, end)
     return int(match.group(1)) if match else 1
+
+
+def save_env_in_place(path: Path, env: dict[str, str]) -> None:
+    """Save variables the way GRUB's ``save_env`` does: overwrite the block in place.
+
+    GRUB cannot create or rename files; it rewrites the existing 1024 bytes. A power cut in the
+    middle leaves a torn block, which the next reader detects (a fault point sits halfway).
+    """
+    data = grubenv.format_grubenv(env)
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError:
+        return  # no block to write into: GRUB's save_env fails and the boot goes on
+    try:
+        if os.fstat(fd).st_size != len(data):
+            return
+        os.write(fd, data[: len(data) // 2])
+        os.fsync(fd)
+        fault.point("firmware:save_env:half-written")
+        os.write(fd, data[len(data) // 2 :])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fault.point("firmware:save_env:done")
 
 
 @dataclass(frozen=True)
@@ -89,7 +114,7 @@ def power_on(sysroot: Path) -> PowerOn:
     if choice.entry_index is None:
         raise DeviceError(f"{sysroot}: no boot entries; the device has nothing to boot")
     if choice.env is not None:
-        grubenv.write_grubenv(env_path, choice.env)
+        save_env_in_place(env_path, choice.env)
     entry = entries[choice.entry_index]
     return PowerOn(
         entry=entry,

@@ -55,7 +55,7 @@ class GrubCfgError(DeviceError):
     """An entry holds something GRUB cannot be given safely and unchanged."""
 
 
-def quote(text: str) -> str:
+def _quote(text: str) -> str:
     """Quote ``text`` as one literal GRUB word (single quotes, ``'`` as ``'\\''``)."""
     if _CONTROL.search(text):
         raise GrubCfgError(f"control character in {text[:60]!r}")
@@ -101,15 +101,15 @@ def kernel_arguments(options: str) -> list[str]:
 def _path(path: str) -> str:
     if not path.startswith("/"):
         raise GrubCfgError(f"path {path!r} is not absolute")
-    return quote(path)
+    return _quote(path)
 
 
 def _menuentry(entry: BootEntry) -> list[str]:
     title = entry.title or entry.path.stem
     try:
-        linux = [_path(entry.linux)] + [quote(arg) for arg in kernel_arguments(entry.options)]
+        linux = [_path(entry.linux)] + [_quote(arg) for arg in kernel_arguments(entry.options)]
         lines = [
-            f"menuentry --class gnu-linux --class gnu --class os -- {quote(title)} {{",
+            f"menuentry --class gnu-linux --class gnu --class os -- {_quote(title)} {{",
             "  linux " + " ".join(linux),
         ]
         if entry.initrd:
@@ -194,7 +194,7 @@ def render_grub_cfg(
         if not _UUID.match(boot_fs_uuid):
             raise GrubCfgError(f"boot_fs_uuid {boot_fs_uuid!r} is not a filesystem UUID")
         lines.append(f"search --no-floppy --fs-uuid --set=root {boot_fs_uuid}")
-    env_arg = "" if env_file is None else f" -f {quote(env_file)}"
+    env_arg = "" if env_file is None else f" -f {_quote(env_file)}"
     lines += _counter_block(fallback, env_arg)
     for entry in entries:
         lines += _menuentry(entry)
