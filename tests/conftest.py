@@ -35,22 +35,26 @@ def debs_cache() -> Path:
 
 
 def fresh_cache(directory: Path) -> Path:
-    """A compose cache with no stages yet, whose debs/ links to the shared .deb cache."""
+    """A compose cache with no stages yet, whose debs/ and wheels/ link to the shared caches."""
     directory.mkdir(parents=True, exist_ok=True)
-    debs = directory / "debs"
-    if not debs.exists():
-        debs.mkdir()
-        for deb in debs_cache().iterdir():
-            os.link(deb, debs / deb.name)
+    for name in ("debs", "wheels"):
+        target = directory / name
+        if not target.exists():
+            target.mkdir()
+            for item in (debs_cache().parent / name).glob("*"):
+                if item.is_file():
+                    os.link(item, target / item.name)
     return directory
 
 
 def keep_debs(cache: Path) -> None:
-    """Copy packages a compose downloaded into the shared .deb cache for later sessions."""
-    shared = debs_cache()
-    for deb in (cache / "debs").glob("*.deb"):
-        if not (shared / deb.name).exists():
-            shutil.copy2(deb, shared / deb.name)
+    """Copy packages and wheels a compose downloaded into the shared caches for later sessions."""
+    for name in ("debs", "wheels"):
+        shared = debs_cache().parent / name
+        shared.mkdir(parents=True, exist_ok=True)
+        for item in (cache / name).glob("*"):
+            if item.is_file() and not (shared / item.name).exists():
+                shutil.copy2(item, shared / item.name)
 
 
 def afield(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:

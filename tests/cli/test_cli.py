@@ -83,3 +83,20 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     result = afield("--debug", "blueprint", "validate", str(tmp_path / "nope.toml"))
     assert result.returncode != 0
     assert "Traceback" in result.stderr
+
+
+def test_the_cli_starts_without_builder_only_modules() -> None:
+    # The same `afield` command runs on devices, whose image has no builder dependencies.
+    code = (
+        "import sys, afield.cli\n"
+        "bad = [m for m in ('jsonschema', 'packaging', 'hatchling', 'afield.compose') "
+        "if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from afield import blueprint as bp
 from afield.compose import compose
 from afield.image import diff_packages, image_info, open_repository
-from tests.conftest import Composed, afield, fresh_cache, keep_debs
+from tests.conftest import PROJECT, Composed, afield, fresh_cache, keep_debs
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.network]
 
@@ -100,6 +101,89 @@ def test_tree_has_the_ostree_layout_and_the_customizations(composed: Composed) -
     # Enabled as their [Install] sections say: ssh by multi-user, nftables early at sysinit.
     assert "/usr/etc/systemd/system/multi-user.target.wants/ssh.service" in units
     assert "/usr/etc/systemd/system/sysinit.target.wants/nftables.service" in units
+
+
+@pytest.fixture(scope="module")
+def checkout(composed: Composed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's commit checked out, to run what the image ships."""
+    directory = tmp_path_factory.mktemp("checkout") / "root"
+    _ostree(f"--repo={composed.repo}/ostree", "checkout", composed.result.commit, str(directory))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _in_image(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with the checkout as /, its /usr/etc as /etc (OSTree makes /etc so)."""
+    sandbox = ["bwrap", "--bind", str(root), "/", "--ro-bind", str(root / "usr/etc"), "/etc"]
+    sandbox += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var"]
+    return subprocess.run(
+        [*sandbox, *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/sbin:/usr/bin", "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+
+
+def test_image_ships_the_device_agent(composed: Composed, checkout: Path) -> None:
+    repo, commit = f"--repo={composed.repo}/ostree", composed.result.commit
+    units = "/usr/lib/systemd/system"
+    listing = _ostree(
+        repo,
+        "ls",
+        "-d",
+        commit,
+        "/usr/bin/afield",
+        "/usr/lib/afield/bin/afield",
+        f"{units}/afield-healthcheck.service",
+        f"{units}/boot-complete.target.requires/afield-healthcheck.service",
+        f"{units}/multi-user.target.wants/afield-healthcheck.service",
+        *(
+            f"{base}/{sub}"
+            for base in ("/usr/lib/greenboot", "/usr/etc/greenboot")
+            for sub in ("check/required.d", "check/wanted.d", "green.d", "red.d")
+        ),
+    )
+    assert re.search(r"^l00777 .* /usr/bin/afield -> \.\./lib/afield/bin/afield$", listing, re.M)
+    assert re.search(r"^-00755 0 0 .* /usr/lib/afield/bin/afield$", listing, re.M)
+    assert re.search(
+        r"/boot-complete\.target\.requires/afield-healthcheck\.service -> "
+        r"\.\./afield-healthcheck\.service$",
+        listing,
+        re.M,
+    )
+    assert "/multi-user.target.wants/afield-healthcheck.service -> ../" in listing
+    assert len(re.findall(r"^d00755 0 0 .*greenboot/", listing, re.M)) == 8
+    unit = open_repository(composed.repo).read_file(commit, f"{units}/afield-healthcheck.service")
+    assert b"ExecStart=/usr/lib/afield/bin/afield device healthcheck" in unit
+    packaged = checkout / "usr/lib/afield/lib/python3.11/site-packages/afield/device/units"
+    assert unit == (packaged / "afield-healthcheck.service").read_bytes()
+    # The venv runs with the image's own Python and Debian's OSTree bindings.
+    check = (
+        "import afield.device.lifecycle, gi, pydantic, rich, typer; "
+        "gi.require_version('OSTree', '1.0'); from gi.repository import OSTree; "
+        "print('ok', OSTree.RepoMode.ARCHIVE)"
+    )
+    result = _in_image(checkout, "/usr/lib/afield/bin/python", "-c", check)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok ")
+    # Nothing of the builder reached the image: no host paths, no byte code written at build.
+    venv = checkout / "usr" / "lib" / "afield"
+    assert not list(venv.rglob("__pycache__"))
+    assert not list(venv.rglob("direct_url.json"))
+    for needle in (str(composed.cache), str(PROJECT)):
+        found = subprocess.run(
+            ["grep", "-rlF", needle, str(venv)], capture_output=True, text=True, check=False
+        )
+        assert found.stdout == "", f"{needle} found in {found.stdout}"
+
+
+def test_installed_afield_command_runs_in_the_image(checkout: Path) -> None:
+    result = _in_image(checkout, "/usr/bin/afield", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "device" in result.stdout
+    result = _in_image(checkout, "/usr/bin/afield", "device", "healthcheck", "--help")
+    assert result.returncode == 0, result.stderr
 
 
 def test_warm_recompose_runs_no_stage_and_gives_the_same_commit(composed: Composed) -> None:

@@ -39,6 +39,7 @@ def test_the_pipeline_stages_are_all_registered() -> None:
                 "afield.hostname",
                 "afield.timezone",
                 "afield.locale",
+                "afield.device.agent",
                 "afield.ostree.prepare",
                 "afield.ostree.commit",
             ]

@@ -9,7 +9,6 @@ import typer
 from afield import blueprint as bp
 from afield.cli._output import console, err_console, print_json
 from afield.cli._progress import StageProgress
-from afield.compose import compose, default_cache_dir
 
 
 def compose_command(
@@ -26,6 +25,9 @@ def compose_command(
     as_json: bool = typer.Option(False, "--json", help="Print {commit, ref, version} as JSON."),
 ) -> None:
     """Compose BLUEPRINT into an OSTree commit in REPO/ostree on the image's ref."""
+    # Builder-only code: imported when used, so `afield` starts on a device without it.
+    from afield.compose import compose, default_cache_dir
+
     blueprint = bp.load(blueprint_file)
     with StageProgress(err_console, verbose=verbose) as progress:
         result = compose(

@@ -1,68 +1,135 @@
 """``afield demo``: the end-to-end tour `make demo` runs on embedded defaults.
 
-At this stage: compose two versions of ``examples/gateway.toml`` (the second bumps the version
-and adds a package and a config line) into ``_demo/repo`` and print what changed between them.
+1. Compose two versions of ``examples/gateway.toml`` (the second bumps the version and adds a
+   package) into ``_demo/repo`` and print their package diff.
+2. Install 1.0.0 on a simulated device, boot it, stage 1.1.0 and boot into it.
+3. Compose a broken 1.2.0 (a required health check that fails), stage it and boot until the
+   device rolls itself back to 1.1.0.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from afield import blueprint as bp
 from afield.cli._output import console, err_console
 from afield.cli._progress import StageProgress
-from afield.compose import compose, default_cache_dir
+from afield.device.bootseq import boot_once
+from afield.device.lifecycle import Device
+from afield.device.status import device_status
 from afield.errors import AfieldError
 from afield.image import diff_packages, image_info, open_repository
 
+if TYPE_CHECKING:
+    from afield.compose import ComposeResult
+
 _PROJECT = Path(__file__).resolve().parents[3]
+_FAILING_CHECK = '''
+[[customizations.files]]
+path = "/etc/greenboot/check/required.d/50-sensors.sh"
+mode = "0755"
+ensure_parents = true
+data = """#!/bin/sh
+echo "sensor bus not responding"
+exit 1
+"""
+'''
+
+
+def _with_version(text: str, version: str) -> str:
+    bumped, count = re.subn(r'(?m)^version = "[^"]*"', f'version = "{version}"', text, count=1)
+    if count != 1:
+        raise AfieldError("demo: the example blueprint has no top-level version line")
+    return bumped
 
 
 def second_version(text: str) -> str:
-    """The demo's v2 of a blueprint: version 1.1.0, one more package, one more config line."""
-    bumped, count = re.subn(r'(?m)^version = "[^"]*"', 'version = "1.1.0"', text, count=1)
-    if count != 1:
-        raise AfieldError("demo: the example blueprint has no top-level version line")
-    return bumped + '\n[[packages]]\nname = "jq"\n'
+    """The demo's 1.1.0 of a blueprint: one more package."""
+    return _with_version(text, "1.1.0") + '\n[[packages]]\nname = "jq"\n'
+
+
+def broken_version(text: str) -> str:
+    """The demo's 1.2.0: 1.1.0 plus a required health check that always fails."""
+    return _with_version(second_version(text), "1.2.0") + _FAILING_CHECK
+
+
+def _compose(path: Path, repo: Path) -> ComposeResult:
+    # Builder-only code: imported when used, so `afield` starts on a device without it.
+    from afield.compose import compose, default_cache_dir
+
+    blueprint = bp.load(path)
+    console.rule(f"compose {blueprint.name} {blueprint.version}")
+    with StageProgress(err_console) as progress:
+        result = compose(blueprint, repo, cache_dir=default_cache_dir(), reporter=progress)
+    ran = ", ".join(result.ran) or "nothing (all cached)"
+    console.print(f"commit {result.commit[:12]} on {result.ref}; stages run: {ran}")
+    return result
+
+
+def _boot(device: Device) -> None:
+    result = boot_once(device)
+    health = "[green]healthy[/]" if result.healthy else "[red]unhealthy[/]"
+    via = " via fallback" if result.fallback else ""
+    console.print(f"  boot: {result.version}{via} -> {health}; {result.reason}")
+    for check in result.report.failed:
+        console.print(f"    failed {check.name}: {check.output.strip()}")
 
 
 def demo_command(
     workdir: Path = typer.Option(Path("_demo"), "--workdir", help="Where the demo writes."),
     example: Path = typer.Option(
-        _PROJECT / "examples" / "gateway.toml", "--example", help="The v1 blueprint."
+        _PROJECT / "examples" / "gateway.toml", "--example", help="The 1.0.0 blueprint."
     ),
 ) -> None:
-    """Compose two versions of the gateway example and show their package diff."""
+    """Compose images, then update a simulated device with a good and a broken release."""
     workdir.mkdir(parents=True, exist_ok=True)
     repo = workdir / "repo"
-    v1_file = workdir / "gateway-1.0.0.toml"
-    v2_file = workdir / "gateway-1.1.0.toml"
-    v1_file.write_text(example.read_text())
-    v2_file.write_text(second_version(example.read_text()))
-    commits = []
-    for path in (v1_file, v2_file):
-        blueprint = bp.load(path)
-        console.rule(f"compose {blueprint.name} {blueprint.version}")
-        with StageProgress(err_console) as progress:
-            result = compose(blueprint, repo, cache_dir=default_cache_dir(), reporter=progress)
-        ran = ", ".join(result.ran) or "nothing (all cached)"
-        console.print(f"commit {result.commit} on {result.ref}; ran: {ran}")
-        commits.append(result.commit)
+    text = example.read_text()
+    files = {"1.0.0": text, "1.1.0": second_version(text), "1.2.0": broken_version(text)}
+    paths = {}
+    for version, content in files.items():
+        paths[version] = workdir / f"gateway-{version}.toml"
+        paths[version].write_text(content)
+    v1, v2 = _compose(paths["1.0.0"], repo), _compose(paths["1.1.0"], repo)
     ostree_repo = open_repository(repo)
-    old, new = image_info(ostree_repo, commits[0]), image_info(ostree_repo, commits[1])
-    result_diff = diff_packages(old.packages, new.packages)
-    console.rule("what changed")
-    console.print(f"{old.version} {old.checksum[:12]} -> {new.version} {new.checksum[:12]}")
-    for name, version in result_diff.added.items():
+    old, new = image_info(ostree_repo, v1.commit), image_info(ostree_repo, v2.commit)
+    changes = diff_packages(old.packages, new.packages)
+    console.rule("what changed from 1.0.0 to 1.1.0")
+    for name, version in changes.added.items():
         console.print(f"  [green]+[/] {name} {version}")
-    for name, version in result_diff.removed.items():
+    for name, version in changes.removed.items():
         console.print(f"  [red]-[/] {name} {version}")
-    for change in result_diff.changed:
+    for change in changes.changed:
         console.print(f"  [yellow]~[/] {change.name} {change.old} -> {change.new}")
+    v3 = _compose(paths["1.2.0"], repo)
+
+    console.rule("a device in the field (simulated sysroot)")
+    sysroot = workdir / "device"
+    shutil.rmtree(sysroot, ignore_errors=True)
+    device = Device.init(sysroot, "gateway")
+    device.install(repo, v1.commit)
+    console.print(f"factory install of 1.0.0 into {sysroot}")
+    _boot(device)
+    device.stage(repo, v2.commit)
+    console.print("staged 1.1.0")
+    _boot(device)
+    device.stage(repo, v3.commit)
+    console.print("staged 1.2.0 (its sensor check fails)")
+    for _ in range(4):
+        _boot(device)
+    status = device_status(device)
+    booted = status["booted"]
+    console.rule("where the device ended")
+    console.print(f"booted {booted['version']} {booted['checksum'][:12]}")
+    for event in status["events"]:
+        if event["event"] in ("staged", "rolled back", "health failed"):
+            console.print(f"  {event['event']}: {event.get('version') or event.get('to', '')}")
     console.print(
-        f"\nrepository: {repo}  (try: afield image ls --repo {repo}; "
-        f"afield image diff --repo {repo} {commits[0][:12]} {commits[1][:12]})"
+        f"\nrepository: {repo}; device: {sysroot}\n"
+        f"try: afield image ls --repo {repo}; afield device status --sysroot {sysroot} --json"
     )

@@ -30,8 +30,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, cast
 
-import jsonschema
-
 from afield.compose import stages as _stages_pkg
 from afield.compose._cache import StageCache
 from afield.compose._workspace import Workspace, clean_stale
@@ -195,6 +193,10 @@ def _validate(spec: StageSpec) -> StageModule:
     module = registry().get(spec.name)
     if module is None:
         raise ComposeError(f"unknown stage {spec.name!r}")
+    # Imported here: jsonschema is a builder dependency, and the device's afield command (which
+    # imports this package through the CLI) must start without it.
+    import jsonschema
+
     try:
         jsonschema.validate(dict(spec.options), stage_schema(module))
     except jsonschema.ValidationError as e:

@@ -14,6 +14,7 @@ from typing import Any
 from afield.blueprint import Blueprint
 from afield.compose._sources import debian_mirrors
 from afield.compose.pipeline import StageSpec
+from afield.compose.stages import device_agent
 from afield.errors import ComposeError
 
 __all__ = ["BASE_PACKAGES", "Target", "host_target", "image_ref", "plan"]
@@ -74,7 +75,7 @@ def _unit(name: str) -> str:
 
 def _packages(blueprint: Blueprint) -> tuple[list[str], dict[str, str]]:
     custom = blueprint.customizations
-    names = [*BASE_PACKAGES, blueprint.kernel_package]
+    names = [*BASE_PACKAGES, *device_agent.PACKAGES, blueprint.kernel_package]
     if custom.locale is not None and custom.locale.languages:
         names.append("locales")
     if custom.timezone is not None:
@@ -161,6 +162,12 @@ def plan(blueprint: Blueprint, target: Target, *, ref: str | None = None) -> lis
                 "languages": list(custom.locale.languages) if custom.locale else [],
                 "keyboard": custom.locale.keyboard if custom.locale else None,
             },
+        ),
+        StageSpec(
+            "afield.device.agent",
+            device_agent.plan_options(
+                suite=target.suite, architecture=target.debian_arch, source_date_epoch=epoch
+            ),
         ),
         StageSpec("afield.ostree.prepare", {}),
         StageSpec(
