@@ -6,9 +6,7 @@ hook, as afield.debian.bootstrap does), empties ``/dev`` (OSTree refuses device 
 the tree to a fresh archive repository. It does not make the tree OSTree-ready (no ``/usr/etc``,
 ``/var`` kept): it is what the raw tools cost. Plain mmdebstrap builds the initramfs twice; the
 ``one_initramfs`` variant builds it once, like the compose, for a like-for-like comparison.
-
-Filling the package pool (an untimed run that also syncs packages out) lives here too, since it is
-the same command. Timing the compose itself is left to ``run.py``.
+Timing the compose itself is left to ``run.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from typing import Any
 
 from _workload import remove_tree, tree_size
 
-__all__ = ["BaselineRun", "fill_pool", "mmdebstrap_argv", "run_baseline"]
+__all__ = ["BaselineRun", "mmdebstrap_argv", "run_baseline"]
 
 _TAIL_LINES = 30
 
@@ -38,16 +36,14 @@ class BaselineRun:
     repo_bytes: int = 0
 
 
-def mmdebstrap_argv(
-    options: Mapping[str, Any], tree: Path, pool: Path, *, sync_out: bool = False
-) -> list[str]:
+def mmdebstrap_argv(options: Mapping[str, Any], tree: Path, pool: Path) -> list[str]:
     """Plain mmdebstrap for the bootstrap stage's ``options``, packages read from ``pool``."""
     constraints: Mapping[str, str] = options.get("constraints", {})
     includes = [
         f"{name}={constraints[name]}" if name in constraints else name
         for name in options["packages"]
     ]
-    argv = [
+    return [
         "mmdebstrap",
         "--mode=root",
         f"--variant={options['variant']}",
@@ -57,10 +53,10 @@ def mmdebstrap_argv(
         "--skip=download/empty",
         '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
         f"--setup-hook=sync-in {shlex.quote(str(pool))} /var/cache/apt/archives/",
+        options["suite"],
+        str(tree),
+        *options["mirrors"],
     ]
-    if sync_out:
-        argv.append(f"--customize-hook=sync-out /var/cache/apt/archives {shlex.quote(str(pool))}")
-    return [*argv, options["suite"], str(tree), *options["mirrors"]]
 
 
 def _run(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> None:
@@ -78,21 +74,6 @@ def _run(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-_TAIL_LINES:])
         raise SystemExit(f"{argv[0]} failed with exit code {code} (log {log}):\n{tail}")
-
-
-def fill_pool(options: Mapping[str, Any], pool: Path, scratch: Path) -> float:
-    """Download into ``pool`` whatever the package set needs and it lacks; the seconds taken.
-
-    The tree is thrown away, so the kernel postinst's initramfs is skipped (``INITRD=No``).
-    """
-    pool.mkdir(parents=True, exist_ok=True)
-    scratch.mkdir(parents=True)
-    began = time.perf_counter()
-    argv = mmdebstrap_argv(options, scratch / "tree", pool, sync_out=True)
-    _run(argv, scratch / "log", env={"INITRD": "No"})
-    seconds = time.perf_counter() - began
-    remove_tree(scratch)
-    return seconds
 
 
 def _empty(directory: Path) -> None:

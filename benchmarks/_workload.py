@@ -1,9 +1,10 @@
-"""The benchmark's workload: the blueprint and its variants, the package pool, scratch space.
+"""The benchmark's workload: the blueprint and its variants, the download pool, scratch space.
 
-Every figure starts from a fresh compose cache whose ``debs/`` is hard-linked from one package
-pool, so no figure measures the network's speed for packages. The pool is the compose cache's own
-``debs/`` by default (what ``afield compose`` keeps), filled once, untimed, before any figure.
-Measuring and reporting are left to ``run.py``; the raw baseline to ``_baseline.py``.
+Every figure starts from a fresh compose cache whose download directories (``debs/``, ``wheels/``)
+are hard-linked from one pool, so no figure measures the network. The pool is the default compose
+cache (only its download directories are read and added to), filled once, untimed, by a throwaway
+compose before any figure. Measuring and reporting are left to ``run.py``; the raw baseline to
+``_baseline.py``.
 """
 
 from __future__ import annotations
@@ -17,16 +18,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "DOWNLOADS",
     "Variants",
-    "link_pool",
+    "keep_downloads",
+    "link_downloads",
     "remove_tree",
+    "snapshot_source",
     "tree_size",
     "write_variants",
 ]
 
+# What a compose cache keeps of its downloads: .debs (afield.debian.bootstrap) and Python wheels
+# (afield.device.agent). The rest of a cache is stage state, which every figure starts without.
+DOWNLOADS = ("debs", "wheels")
 # The line of the blueprint's file data that the files-only variant changes.
 FILES_ONLY_FROM = "interval_seconds = 30"
 FILES_ONLY_TO = "interval_seconds = 60"
+# What afield.device.agent builds afield's wheel from, besides src/afield.
+_PROJECT_FILES = ("pyproject.toml", "README.md", "LICENSE", "LICENSE.txt", "COPYING", "NOTICE")
 _VERSION_LINE = re.compile(r'^version = "(\d+)\.(\d+)\.(\d+)"$', re.MULTILINE)
 
 
@@ -66,20 +75,53 @@ def write_variants(source: Path, directory: Path) -> Variants:
     return Variants(original=original, files_only=files_only, version_bump=version_bump)
 
 
-def link_pool(pool: Path, debs: Path) -> int:
-    """Fill ``debs`` with hard links to the pool's packages (copies across filesystems).
-
-    Returns the number of packages.
-    """
-    debs.mkdir(parents=True, exist_ok=True)
+def _link_files(source: Path, target: Path) -> int:
+    """Hard-link (or copy, across filesystems) the files of ``source`` missing in ``target``."""
     count = 0
-    for deb in sorted(pool.glob("*.deb")):
+    for path in sorted(source.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        destination = target / path.relative_to(source)
+        if destination.exists():
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(deb, debs / deb.name)
+            os.link(path, destination)
         except OSError:
-            shutil.copy2(deb, debs / deb.name)
+            shutil.copy2(path, destination)
         count += 1
     return count
+
+
+def link_downloads(pool: Path, cache: Path) -> dict[str, int]:
+    """Give the compose cache ``cache`` the pool's downloads; files linked per directory."""
+    return {
+        name: _link_files(pool / name, cache / name) for name in DOWNLOADS if (pool / name).is_dir()
+    }
+
+
+def keep_downloads(cache: Path, pool: Path) -> dict[str, int]:
+    """Add what a compose into ``cache`` downloaded to the pool; files added per directory."""
+    return {
+        name: _link_files(cache / name, pool / name)
+        for name in DOWNLOADS
+        if (cache / name).is_dir()
+    }
+
+
+def snapshot_source(root: Path, into: Path) -> Path:
+    """Copy afield's source checkout at ``root`` (src/afield and project files) to ``into``.
+
+    afield.device.agent builds the image's afield from the checkout it runs from and fails when
+    that changes during a compose; a snapshot keeps the benchmark on one version of the code
+    while others edit. Returns the snapshot's ``src`` directory (for ``PYTHONPATH``).
+    """
+    for name in _PROJECT_FILES:
+        if (root / name).is_file():
+            shutil.copy2(root / name, into / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo")
+    shutil.copytree(root / "src" / "afield", into / "src" / "afield", ignore=ignore)
+    return into / "src"
 
 
 def tree_size(path: Path) -> tuple[int, int]:

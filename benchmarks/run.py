@@ -2,7 +2,7 @@
 
 Figures, each measured ``--repeat`` times (default once) with :func:`time.perf_counter`:
 
-1. cold compose (fresh stage cache, pre-filled .deb pool) against the raw baseline of
+1. cold compose (fresh stage cache, downloads pre-filled: .debs, wheels) against the raw baseline of
    ``_baseline.py`` (plain mmdebstrap of the same packages + ``ostree commit``); goal ratio <= 1.3.
    Plain mmdebstrap builds the initramfs twice, so the same ratio is also taken against a baseline
    that builds it once (``INITRD=No`` + one ``dracut``), as the compose does.
@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,21 +37,32 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from _baseline import BaselineRun, fill_pool, run_baseline
-from _workload import Variants, link_pool, remove_tree, tree_size, write_variants
+import afield
+from _baseline import BaselineRun, run_baseline
+from _workload import (
+    Variants,
+    keep_downloads,
+    link_downloads,
+    remove_tree,
+    snapshot_source,
+    tree_size,
+    write_variants,
+)
 from afield.blueprint import Blueprint, load
 from afield.compose import ComposeResult, compose, default_cache_dir
 from afield.compose.pipeline import stage_ids
 from afield.compose.plan import host_target, plan
 
 ROOT = Path(__file__).resolve().parents[1]
+# Set in the process that runs the figures on a snapshot of afield's source: the snapshot's path.
+SNAPSHOT_ENV = "AFIELD_BENCH_SNAPSHOT"
 BOOTSTRAP, KERNEL = "afield.debian.bootstrap", "afield.kernel"
 GOALS = {"cold": 1.3, "warm": 0.05, "files_only": 0.30}
 NOTES = (
     "The baseline does not OSTree-ify the tree (no /usr/etc move, /var kept, no afield stages): "
     "it is the raw cost of mmdebstrap + ostree commit.",
-    "Both sides read .debs from the same pre-filled pool; both still fetch the apt indices "
-    "from the mirror, so that network time is in both.",
+    "Both sides read .debs from the same pre-filled pool (the compose also its wheels); both "
+    "still fetch the apt indices from the mirror, so that network time is in both.",
     "Plain mmdebstrap runs dracut twice (kernel postinst, then dracut's trigger after "
     "ostree-boot is unpacked); the compose skips both (INITRD=No) and runs it once in "
     "afield.kernel. The '1 initramfs' baseline does the same: INITRD=No, then one dracut.",
@@ -59,10 +71,11 @@ NOTES = (
 
 @dataclass(frozen=True)
 class Measured:
-    """One timed compose: wall seconds around ``compose()`` and what it reported."""
+    """One timed compose: wall seconds around ``compose()``, what it reported, the plan's ids."""
 
     seconds: float
     result: ComposeResult
+    ids: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for JSON."""
@@ -113,46 +126,50 @@ class _Progress:
 def _timed_compose(
     blueprint: Blueprint, repo: Path, cache: Path, console: Console, label: str
 ) -> Measured:
+    ids = tuple(stage_ids(plan(blueprint, host_target(blueprint.distro))))
     os.sync()  # writeback of the previous step must not land in this one
     began = time.perf_counter()
     result = compose(blueprint, repo, cache_dir=cache, reporter=_Progress(console, label))
     seconds = time.perf_counter() - began
     total = len(result.ran) + len(result.cached)
     console.log(f"{label}: {seconds:.1f} s, ran {len(result.ran)} of {total} stages")
-    return Measured(seconds, result)
+    return Measured(seconds, result, ids)
 
 
 def _added(before: tuple[int, int], after: tuple[int, int]) -> tuple[int, int]:
     return after[0] - before[0], after[1] - before[1]
 
 
-def _explain_warm(warm: Measured, blueprint: Blueprint, repo: Path, cache: Path) -> str:
+def _explain_warm(cold: Measured, warm: Measured, cache: Path) -> str:
     """Why the warm recompose did not reuse the final result (it should run no stage)."""
-    final = stage_ids(plan(blueprint, host_target(blueprint.distro)))[-1]
-    recorded = cache / "results" / f"{final}.json"
-    results = sorted(p.name for p in (cache / "results").glob("*.json"))
-    commit = repo / "ostree" / "objects" / warm.result.commit[:2]
-    in_repo = (commit / f"{warm.result.commit[2:]}.commit").is_file()
-    return (
-        f"warm recompose ran {', '.join(warm.result.ran)}: final result {final[:12]} "
-        f"recorded={recorded.is_file()} (results: {results}), commit in repo={in_repo}"
-    )
+    names = cold.result.cached + cold.result.ran  # plan order
+    if len(cold.ids) != len(warm.ids):
+        return f"the plan changed between the composes ({len(cold.ids)} -> {len(warm.ids)} stages)"
+    changed = [name for name, a, b in zip(names, cold.ids, warm.ids, strict=True) if a != b]
+    if changed:
+        # afield.device.agent's options hash afield's source: someone edited src/ meanwhile.
+        return f"the plan changed between the composes, first at {changed[0]}"
+    recorded = (cache / "results" / f"{warm.ids[-1]}.json").is_file()
+    return f"same plan; final result recorded in the cache: {recorded}"
 
 
-def measure(index: int, variants: Variants, pool: Path, scratch: Path, console: Console) -> Sample:
+def measure(
+    index: int, variants: Variants, downloads: Path, scratch: Path, console: Console
+) -> Sample:
     """One repetition of every figure, in its own scratch directory (removed afterwards)."""
     blueprint = load(variants.original)
     options = plan(blueprint, host_target(blueprint.distro))[0].options
     here = scratch / f"run-{index}"
     cache, repo = here / "cache", here / "repo"
-    console.log(
-        f"run {index + 1}: {link_pool(pool, cache / 'debs')} packages linked into the cache"
-    )
+    linked = link_downloads(downloads, cache)
+    console.log(f"run {index + 1}: downloads linked into a fresh cache: {linked}")
 
     def baseline(one_initramfs: bool) -> BaselineRun:
         label = "baseline, 1 initramfs" if one_initramfs else "baseline"
         os.sync()
-        run = run_baseline(options, pool, here / "baseline", one_initramfs=one_initramfs)
+        run = run_baseline(
+            options, downloads / "debs", here / "baseline", one_initramfs=one_initramfs
+        )
         console.log(f"{label}: {run.seconds:.1f} s ({_phases(run.phases)})")
         remove_tree(here / "baseline")
         return run
@@ -170,7 +187,8 @@ def measure(index: int, variants: Variants, pool: Path, scratch: Path, console: 
     repo_cold = tree_size(objects)
     warm_run = _timed_compose(blueprint, repo, cache, console, "warm")
     if warm_run.result.ran:
-        console.log(f"[red]suspicious:[/] {_explain_warm(warm_run, blueprint, repo, cache)}")
+        why = _explain_warm(cold_run, warm_run, cache)
+        console.log(f"[red]warm recompose ran {len(warm_run.result.ran)} stages:[/] {why}")
     files_run = _timed_compose(load(variants.files_only), repo, cache, console, "files-only")
     assert BOOTSTRAP in files_run.result.cached, files_run.result.cached
     assert KERNEL in files_run.result.cached, files_run.result.cached
@@ -456,6 +474,18 @@ def render(data: dict[str, Any], console: Console) -> None:
         console.print(f"note: {note}")
 
 
+def fill(blueprint: Blueprint, downloads: Path, scratch: Path, console: Console) -> None:
+    """Compose once, untimed, into a throwaway cache, and keep what it downloaded."""
+    console.log(f"filling the download pool in {downloads} with an untimed compose ...")
+    cache = scratch / "cache"
+    link_downloads(downloads, cache)
+    began = time.perf_counter()
+    compose(blueprint, scratch / "repo", cache_dir=cache, reporter=_Progress(console, "fill"))
+    added = keep_downloads(cache, downloads)
+    console.log(f"pool ready after {time.perf_counter() - began:.1f} s, files added: {added}")
+    remove_tree(scratch)
+
+
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -464,23 +494,42 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--blueprint", type=Path, default=ROOT / "examples" / "gateway.toml", help="blueprint"
     )
     parser.add_argument(
-        "--pool",
+        "--downloads",
         type=Path,
-        default=default_cache_dir() / "debs",
-        help="the .deb pool, filled before timing (default: the compose cache's debs/)",
+        default=default_cache_dir(),
+        help="compose cache whose debs/ and wheels/ are the download pool (default: afield's)",
     )
     parser.add_argument(
         "--workdir", type=Path, default=Path("/var/tmp"), help="where scratch space goes"
     )
     parser.add_argument(
-        "--no-fill", action="store_true", help="trust the pool to be complete (skip the fill)"
+        "--no-fill", action="store_true", help="trust the pool to be complete (no fill compose)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="compose with the working tree's afield, not a snapshot taken at the start "
+        "(a compose fails if src/ changes meanwhile)",
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
+
+
+def _in_snapshot(argv: list[str], workdir: Path) -> int:
+    """Run this benchmark again, importing afield from a snapshot of its source; its exit code."""
+    snapshot = Path(tempfile.mkdtemp(prefix="afield-bench-source-", dir=workdir))
+    try:
+        src = snapshot_source(ROOT, snapshot)
+        path = os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "PYTHONPATH": path, SNAPSHOT_ENV: str(snapshot)}
+        script = str(Path(__file__).resolve())
+        return subprocess.run([sys.executable, script, *argv], env=env, check=False).returncode
+    finally:
+        remove_tree(snapshot)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -490,16 +539,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         console.print("error: the benchmark composes images and needs root")
         return 2
+    if not args.live and SNAPSHOT_ENV not in os.environ:
+        return _in_snapshot(list(sys.argv[1:] if argv is None else argv), args.workdir)
+    console.log(f"composing with afield from {Path(afield.__file__).parent}")
     scratch = Path(tempfile.mkdtemp(prefix="afield-bench-", dir=args.workdir))
     try:
         variants = write_variants(args.blueprint, scratch / "blueprints")
         blueprint = load(variants.original)
         specs = plan(blueprint, host_target(blueprint.distro))
         if not args.no_fill:
-            console.log(f"filling the package pool {args.pool} (untimed) ...")
-            seconds = fill_pool(specs[0].options, args.pool, scratch / "fill")
-            console.log(f"pool ready in {seconds:.1f} s")
-        samples = [measure(i, variants, args.pool, scratch, console) for i in range(args.repeat)]
+            fill(blueprint, args.downloads, scratch / "fill", console)
+        samples = [
+            measure(i, variants, args.downloads, scratch, console) for i in range(args.repeat)
+        ]
     finally:
         if args.keep:
             console.log(f"kept {scratch}")
