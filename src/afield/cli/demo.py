@@ -127,8 +127,13 @@ def demo_command(
     console.rule("where the device ended")
     console.print(f"booted {booted['version']} {booted['checksum'][:12]}")
     for event in status["events"]:
-        if event["event"] in ("staged", "rolled back", "health failed"):
-            console.print(f"  {event['event']}: {event.get('version') or event.get('to', '')}")
+        if event["event"] == "staged":
+            console.print(f"  staged {event['version']}")
+        elif event["event"] == "health failed":
+            names = ", ".join(c["name"] for c in event.get("checks", []))
+            console.print(f"  health failed on {event['checksum'][:12]}: {names}")
+        elif event["event"] == "rolled back":
+            console.print(f"  rolled back {event['from'][:12]} -> {event['to'][:12]}")
     console.print(
         f"\nrepository: {repo}; device: {sysroot}\n"
         f"try: afield image ls --repo {repo}; afield device status --sysroot {sysroot} --json"

@@ -44,6 +44,10 @@ class Device:
     sysroot_path: Path
     osname: str
 
+    def __post_init__(self) -> None:
+        # Absolute, always: checks run with / as working directory (and bubblewrap binds it).
+        object.__setattr__(self, "sysroot_path", self.sysroot_path.absolute())
+
     # -- paths ----------------------------------------------------------------------------------
 
     @functools.cached_property

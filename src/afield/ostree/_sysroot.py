@@ -14,7 +14,9 @@ manage no bootloader).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,20 @@ class Deployment:
     def name(self) -> str:
         """``<checksum>.<serial>``, the deployment directory's name."""
         return f"{self.checksum}.{self.serial}"
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what libostree prints (e.g. "Freed objects: ...") to stderr, keeping stdout for
+    the caller's own output, such as ``--json``."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _error(what: str, e: GLib.Error) -> RepositoryError:
@@ -194,6 +210,7 @@ class Sysroot:
     def cleanup(self) -> None:
         """Remove deployments, boot directories and objects nothing refers to any more."""
         try:
-            self._sysroot.cleanup(None)
+            with _stdout_to_stderr():
+                self._sysroot.cleanup(None)
         except GLib.Error as e:
             raise _error(f"{self.path}: cannot clean up", e) from e
