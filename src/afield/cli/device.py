@@ -11,6 +11,7 @@ from afield.cli._output import console, print_json
 from afield.device.bootseq import boot_once, healthcheck_booted
 from afield.device.lifecycle import Device
 from afield.device.status import device_status
+from afield.device.update import update as update_device
 
 app = typer.Typer(
     help="Install, update, boot and roll back a device's sysroot.", no_args_is_help=True
@@ -50,6 +51,31 @@ def stage(
     """Stage an update as the new default and arm the boot counter."""
     deployment = Device.open(sysroot).stage(repo, commit)
     console.print(f"staged {deployment.checksum}; it boots next, under the boot counter")
+
+
+@app.command("update")
+def update(
+    sysroot: Path = SysrootOption,
+    server: str = typer.Option(
+        ..., "--server", help="The afield repository's URL (serving tuf/ and ostree/)."
+    ),
+    version: str | None = typer.Option(
+        None, "--version", help="The version to install; default the newest on the channel."
+    ),
+    channel: str = typer.Option("stable", "--channel", help="The channel to follow."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Verify the repository (TUF), pull the chosen release (OSTree) and stage it."""
+    result = update_device(Device.open(sysroot), server, version=version, channel=channel)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console.print(result.reason)
+    if result.updated:
+        console.print(
+            f"  downloaded {result.bytes_downloaded} bytes ({result.objects_fetched} objects); "
+            "run `afield device boot` (or reboot) to boot it under the boot counter"
+        )
 
 
 @app.command("boot")

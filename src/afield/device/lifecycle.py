@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,20 @@ class Device:
         """Stage ``commit`` as the new default next to the running deployment; arm the counter."""
         repo = open_repository(repo_dir)
         found = self._check_commit(repo, commit)
+        return self._stage(found, pull=lambda: self.sysroot.pull(repo, found["checksum"]))
+
+    def stage_pulled(self, checksum: str, *, version: str | None = None) -> Deployment:
+        """Stage a commit already pulled into the sysroot's repository (by the update agent).
+
+        The same checks and order of writes as :meth:`stage`; ``version`` (the signed release
+        version) is recorded instead of the commit's own ``version`` metadata when given.
+        """
+        found = self._check_commit(self.sysroot.repo(), checksum)
+        if version is not None:
+            found["version"] = version
+        return self._stage(found, pull=None)
+
+    def _stage(self, found: dict[str, Any], *, pull: Callable[[], None] | None) -> Deployment:
         current = self.booted() or next(iter(self.deployments()), None)
         if current is None:
             raise DeviceError(
@@ -213,7 +228,8 @@ class Device:
                 f"{found['checksum']} is already the running deployment", user_error=True
             )
         sysroot = self.sysroot
-        sysroot.pull(repo, found["checksum"])
+        if pull is not None:
+            pull()
         fault.point("stage:pulled")
         new = sysroot.deploy(self.osname, found["checksum"], merge=current, kargs=found["kargs"])
         fault.point("stage:deployed")

@@ -11,7 +11,7 @@ deployment policy (``device``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from afield.ostree._gi import Gio, GLib, OSTree
 
 __all__ = [
     "CommitInfo",
+    "PullStats",
     "Repo",
     "is_checksum",
 ]
@@ -58,6 +59,18 @@ class CommitInfo:
         """The standard OSTree ``version`` metadata key."""
         value = self.metadata.get("version")
         return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class PullStats:
+    """What a pull over HTTP cost: bytes transferred and objects fetched."""
+
+    bytes_transferred: int
+    objects_fetched: int
+    objects_requested: int
+
+
+PullProgress = Callable[[PullStats], None]
 
 
 def _variant(value: Any) -> GLib.Variant:
@@ -279,6 +292,77 @@ class Repo:
             raise RepositoryError(
                 f"{self.path}: cannot pull {checksum} from {source.path}: {e.message}"
             ) from e
+
+    def pull_url(
+        self,
+        url: str,
+        checksum: str,
+        *,
+        remote: str = "afield",
+        progress: PullProgress | None = None,
+    ) -> PullStats:
+        """Pull exactly the commit ``checksum`` and the objects it needs from the repo at ``url``.
+
+        ``url`` is an OSTree repository's base URL (``http(s)://``). libostree pulls over HTTP
+        only through a remote, so the remote ``remote`` is added once (without GPG: the commit
+        checksum is what the caller verified, e.g. against TUF) and ``url`` overrides its URL
+        for this pull. No ref is read from the server: the commit is named by its checksum, and
+        libostree verifies the commit object and every object it fetches against the checksums
+        that name them. Objects already here are skipped; an interrupted pull leaves the commit
+        marked partial and a later pull fetches only what is missing. Refs are not touched.
+        ``progress`` gets the running totals while the pull runs (when libostree reports them).
+
+        Raises:
+            RepositoryError: the pull failed (unreachable server, missing or corrupt object);
+                the message says which.
+        """
+        if not is_checksum(checksum):
+            raise RepositoryError(f"{checksum!r} is not a commit checksum", user_error=True)
+        options = GLib.Variant(
+            "a{sv}",
+            {
+                "refs": GLib.Variant("as", [checksum]),
+                "depth": GLib.Variant("i", 0),
+                "override-url": GLib.Variant("s", url),
+                "gpg-verify": GLib.Variant("b", False),
+                "gpg-verify-summary": GLib.Variant("b", False),
+            },
+        )
+        remote_options = GLib.Variant(
+            "a{sv}",
+            {
+                "gpg-verify": GLib.Variant("s", "false"),
+                "gpg-verify-summary": GLib.Variant("s", "false"),
+            },
+        )
+        try:
+            self._repo.remote_change(
+                None, OSTree.RepoRemoteChange.ADD_IF_NOT_EXISTS, remote, url, remote_options, None
+            )
+        except GLib.Error as e:
+            raise RepositoryError(
+                f"{self.path}: cannot add remote {remote}: {e.message}", path=self.path
+            ) from e
+        status = OSTree.AsyncProgress.new()
+
+        def stats() -> PullStats:
+            return PullStats(
+                bytes_transferred=int(status.get_uint64("bytes-transferred")),
+                objects_fetched=int(status.get_uint("fetched")),
+                objects_requested=int(status.get_uint("requested")),
+            )
+
+        if progress is not None:
+            status.connect("changed", lambda _status: progress(stats()))
+        try:
+            self._repo.pull_with_options(remote, options, status, None)
+        except GLib.Error as e:
+            raise RepositoryError(
+                f"{self.path}: cannot pull {checksum} from {url}: {e.message}", path=self.path
+            ) from e
+        finally:
+            status.finish()
+        return stats()
 
     def read_file(self, ref_or_checksum: str, path: str) -> bytes:
         """The content of the regular file ``path`` in a commit."""
