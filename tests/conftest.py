@@ -23,6 +23,8 @@ from afield import blueprint as bp
 from afield.compose import ComposeResult, compose
 
 PROJECT = Path(__file__).resolve().parents[1]
+# Lines tests want in the terminal summary of every run (e.g. the power-loss campaign's counts).
+REPORTS: list[str] = []
 EXAMPLE = PROJECT / "examples" / "gateway.toml"
 
 
@@ -98,3 +100,11 @@ def _unmount_leftovers(base: Path) -> None:
         mountpoint = line.split()[1]
         if mountpoint.startswith(str(base)):
             subprocess.run(["umount", "--lazy", mountpoint], check=False)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print what tests left in REPORTS, whatever the capture mode."""
+    if REPORTS:
+        terminalreporter.section("afield reports")
+        for line in REPORTS:
+            terminalreporter.write_line(line)

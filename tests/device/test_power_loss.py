@@ -26,7 +26,7 @@ import pytest
 from afield.device.bootseq import boot_once
 from afield.device.fault import FAULT_EXIT_CODE
 from afield.device.lifecycle import Device
-from tests.conftest import PROJECT
+from tests.conftest import PROJECT, REPORTS
 from tests.device.conftest import Images
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
@@ -102,11 +102,12 @@ def campaign() -> Iterator[Campaign]:
     result = Campaign()
     yield result
     total = sum(result.faults.values())
-    print(f"\npower-loss campaign: {total} injected faults")
-    for scenario, count in sorted(result.faults.items()):
-        print(f"  {scenario}: {count}")
-    print(f"  distinct write points hit: {len(result.points)}")
-    print(f"  boots to settle: {dict(sorted(result.boots_to_settle.items()))}")
+    lines = [f"power-loss campaign: {total} injected faults"]
+    lines += [f"  {scenario}: {count}" for scenario, count in sorted(result.faults.items())]
+    lines.append(f"  distinct write points hit: {len(result.points)}")
+    lines.append(f"  boots to settle: {dict(sorted(result.boots_to_settle.items()))}")
+    # Printed in pytest's terminal summary (tests/conftest.py), so every run shows the counts.
+    REPORTS.extend(lines)
 
 
 def _base(tmp_path: Path, images: Images) -> Path:
