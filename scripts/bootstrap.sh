@@ -22,6 +22,8 @@ grub-emu
 e2fsprogs
 debian-archive-keyring
 ca-certificates
+xdelta3
+zstd
 "
 
 missing=""

@@ -203,3 +203,137 @@ def test_cli_init_publish_ls_refresh_and_rotate(tmp_path: Path) -> None:
     with serve(tmp_path / "repo") as url, TrustedUpdater(_device(tmp_path), url) as device:
         latest = device.latest("gateway", "x86_64")
     assert latest is not None and latest.commit == newer
+
+
+# -- static deltas ----------------------------------------------------------------------------
+
+
+def _delta_files_match(directory: Path, entry: dict[str, object]) -> bool:
+    files = entry["files"]
+    assert isinstance(files, list)
+    for item in files:
+        path = directory / str(entry["path"]) / item["name"]
+        data = path.read_bytes()
+        if len(data) != item["length"] or hashlib.sha256(data).hexdigest() != item["sha256"]:
+            return False
+    return entry["length"] == sum(item["length"] for item in files)
+
+
+def test_publish_generates_signed_deltas_from_the_previous_releases(tmp_path: Path) -> None:
+    v1, v2 = _commit(tmp_path, "1.0.0"), _commit(tmp_path, "2.0.0")
+    v3, v4 = _commit(tmp_path, "3.0.0"), _commit(tmp_path, "4.0.0")
+    directory, keyring = _started(tmp_path)
+    assert publish(directory, keyring, v1).deltas == ()
+    assert [d["from"] for d in publish(directory, keyring, v2).deltas] == [v1]
+    assert [d["from"] for d in publish(directory, keyring, v3, channel="beta").deltas] == [v2, v1]
+    release = publish(directory, keyring, v4, deltas=2)
+    # Newest first, whatever the channel: devices on beta move to stable too.
+    assert [d["from"] for d in release.deltas] == [v3, v2]
+    for entry in release.deltas:
+        assert entry["path"].startswith("ostree/deltas/")
+        assert entry["files"][0]["name"] == "superblock"
+        assert _delta_files_match(directory, dict(entry))
+    # What a device verifies is what was signed.
+    with serve(directory) as url, TrustedUpdater(_device(tmp_path), url) as device:
+        assert device.latest("gateway", "x86_64") == release
+    assert publish(directory, keyring, _commit(tmp_path, "5.0.0"), deltas=0).deltas == ()
+
+
+def test_publish_builds_deltas_from_named_commits_and_notes_missing_ones(tmp_path: Path) -> None:
+    v1, v2 = _commit(tmp_path, "1.0.0"), _commit(tmp_path, "2.0.0")
+    directory, keyring = _started(tmp_path)
+    notes: list[str] = []
+    release = publish(
+        directory, keyring, v2, deltas=0, delta_from=[v1[:10], v2], on_note=notes.append
+    )
+    assert [d["from"] for d in release.deltas] == [v1]
+    assert notes == []
+    with pytest.raises(RepositoryError, match="no ref or commit"):
+        publish(directory, keyring, _commit(tmp_path, "3.0.0"), delta_from=["nope"])
+
+
+class _Fleet:
+    """A stand-in fleet manager on 127.0.0.1 answering the running-commits endpoint."""
+
+    def __init__(self, body: bytes, status: int = 200) -> None:
+        self.body, self.status = body, status
+        self.paths: list[str] = []
+
+    def __enter__(self) -> str:
+        import http.server
+        import threading
+
+        fleet = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fleet.paths.append(self.path)
+                self.send_response(fleet.status)
+                self.send_header("Content-Length", str(len(fleet.body)))
+                self.end_headers()
+                self.wfile.write(fleet.body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_publish_builds_deltas_from_what_the_fleet_runs(tmp_path: Path) -> None:
+    v1, v2, v3 = _commit(tmp_path, "1.0.0"), _commit(tmp_path, "2.0.0"), _commit(tmp_path, "3.0.0")
+    directory, keyring = _started(tmp_path)
+    publish(directory, keyring, v1)
+    publish(directory, keyring, v2)
+    unknown = "ab" * 32
+    running = {
+        "running": [
+            {"commit": v1, "version": "1.0.0", "devices": 900},
+            {"commit": unknown, "devices": 5},
+            {"commit": v2, "devices": 100},
+        ]
+    }
+    notes: list[str] = []
+    with _Fleet(json.dumps(running).encode()) as url:
+        release = publish(directory, keyring, v3, deltas=0, fleet_url=url, on_note=notes.append)
+    # The most-run commit first; a commit the repository lacks is skipped and said so.
+    assert [d["from"] for d in release.deltas] == [v1, v2]
+    assert notes == [f"no delta from {unknown[:12]}: that commit is not in {directory / 'ostree'}"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"not json", 200, "not JSON"),
+        (b'{"running": [{"commit": "xyz", "devices": 1}]}', 200, r"running\[0\]\.commit"),
+        (b'{"running": [{"commit": "' + b"a" * 64 + b'", "devices": -1}]}', 200, "devices"),
+        (b'{"items": []}', 200, "'running' list"),
+        (b"{}", 503, "HTTP 503"),
+        (b" " * (1 << 20) + b"{}", 200, "larger than"),
+    ],
+)
+def test_a_bad_fleet_answer_is_a_clear_error_and_publishes_nothing(
+    tmp_path: Path, body: bytes, status: int, message: str
+) -> None:
+    v1 = _commit(tmp_path, "1.0.0")
+    directory, keyring = _started(tmp_path)
+    with _Fleet(body, status) as url, pytest.raises(RepositoryError, match=message) as caught:
+        publish(directory, keyring, v1, fleet_url=url)
+    assert caught.value.user_error and "fleet manager" in str(caught.value)
+    assert list_releases(directory).releases == []
+
+
+def test_cli_publish_with_deltas(tmp_path: Path) -> None:
+    v1, v2 = _commit(tmp_path, "1.0.0"), _commit(tmp_path, "2.0.0")
+    directory, _ = _started(tmp_path)
+    keys = str(tmp_path / "keys")
+    base = ("release", "publish", "--repo", str(directory), "--keys", keys, "--json")
+    afield(*base, "--commit", v1, check=True)
+    out = json.loads(afield(*base, "--commit", v2, "--deltas", "1", check=True).stdout)
+    assert [d["from"] for d in out["deltas"]] == [v1]
+    assert out["deltas"][0]["length"] > 0

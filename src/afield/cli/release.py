@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from afield.cli._output import console, print_json
+from afield.cli._output import console, err_console, print_json
 from afield.release import init_repository, list_releases, metadata_dir, publish, refresh
 from afield.trust import Expiries, Keyring, parse_duration
 
@@ -56,6 +56,17 @@ def publish_command(
         None, "--version", help="Release version (default: the commit's version metadata)."
     ),
     channel: str = typer.Option("stable", "--channel", help="The channel devices follow."),
+    deltas: int = typer.Option(
+        3, "--deltas", min=0, help="Build static deltas from this many previous releases."
+    ),
+    delta_from: list[str] = typer.Option(
+        [], "--delta-from", help="Also build a static delta from this commit (repeatable)."
+    ),
+    from_fleet: str | None = typer.Option(
+        None,
+        "--from-fleet",
+        help="Fleet manager URL: also build deltas from the commits its devices run.",
+    ),
     root_expiry: str = RootExpiry,
     targets_expiry: str = TargetsExpiry,
     snapshot_expiry: str = SnapshotExpiry,
@@ -65,7 +76,16 @@ def publish_command(
     """Publish a commit as a signed release (a TUF target for its commit object)."""
     periods = expiries(root_expiry, targets_expiry, snapshot_expiry, timestamp_expiry)
     release = publish(
-        repo, Keyring.load(keys), commit, version=version, channel=channel, expiries=periods
+        repo,
+        Keyring.load(keys),
+        commit,
+        version=version,
+        channel=channel,
+        deltas=deltas,
+        delta_from=delta_from,
+        fleet_url=from_fleet,
+        expiries=periods,
+        on_note=lambda note: err_console.print(f"note: {note}", soft_wrap=True),
     )
     if as_json:
         print_json(release.to_dict())
@@ -75,6 +95,11 @@ def publish_command(
         f"{release.commit}",
         soft_wrap=True,
     )
+    for delta in release.deltas:
+        console.print(
+            f"  static delta from {str(delta['from'])[:12]}: {delta['length']:,} bytes",
+            soft_wrap=True,
+        )
 
 
 @app.command("refresh")

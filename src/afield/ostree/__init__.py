@@ -10,7 +10,25 @@ policy (``device``).
 
 from __future__ import annotations
 
-from afield.ostree._repo import CommitInfo, Repo, is_checksum
+from afield.ostree._repo import (
+    CommitInfo,
+    DeltaFile,
+    PullStats,
+    Repo,
+    StaticDelta,
+    is_checksum,
+    static_delta_dir,
+)
 from afield.ostree._sysroot import Deployment, Sysroot
 
-__all__ = ["CommitInfo", "Deployment", "Repo", "Sysroot", "is_checksum"]
+__all__ = [
+    "CommitInfo",
+    "DeltaFile",
+    "Deployment",
+    "PullStats",
+    "Repo",
+    "StaticDelta",
+    "Sysroot",
+    "is_checksum",
+    "static_delta_dir",
+]

@@ -10,6 +10,8 @@ deployment policy (``device``).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,9 +24,12 @@ from afield.ostree._gi import Gio, GLib, OSTree
 
 __all__ = [
     "CommitInfo",
+    "DeltaFile",
     "PullStats",
     "Repo",
+    "StaticDelta",
     "is_checksum",
+    "static_delta_dir",
 ]
 
 _CHECKSUM = re.compile(r"^[0-9a-f]{64}$")
@@ -71,6 +76,56 @@ class PullStats:
 
 
 PullProgress = Callable[[PullStats], None]
+
+
+@dataclass(frozen=True)
+class DeltaFile:
+    """One file of a static delta: ``superblock`` or a part (``0``, ``1``...), as served."""
+
+    name: str
+    length: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StaticDelta:
+    """A static delta in a repository: from one commit to another, and its files.
+
+    ``directory`` is relative to the repository (``deltas/xx/yyyy-zzzz``), the layout libostree
+    and every OSTree client expect.
+    """
+
+    from_commit: str
+    to_commit: str
+    directory: str
+    files: tuple[DeltaFile, ...]
+
+    @property
+    def length(self) -> int:
+        """The bytes a device downloads to apply this delta."""
+        return sum(f.length for f in self.files)
+
+
+def _b64(checksum: str) -> str:
+    # libostree names deltas with base64 of the binary checksum, '/' replaced by '_', no padding.
+    return base64.b64encode(bytes.fromhex(checksum)).decode("ascii").rstrip("=").replace("/", "_")
+
+
+def static_delta_dir(from_commit: str, to_commit: str) -> str:
+    """Where libostree keeps the delta ``from_commit`` -> ``to_commit``, relative to the repo."""
+    for checksum in (from_commit, to_commit):
+        if not is_checksum(checksum):
+            raise RepositoryError(f"{checksum!r} is not a commit checksum", user_error=True)
+    name = _b64(from_commit)
+    return f"deltas/{name[:2]}/{name[2:]}-{_b64(to_commit)}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _variant(value: Any) -> GLib.Variant:
@@ -299,6 +354,8 @@ class Repo:
         checksum: str,
         *,
         remote: str = "afield",
+        proxy: str | None = None,
+        network_retries: int = 5,
         progress: PullProgress | None = None,
     ) -> PullStats:
         """Pull exactly the commit ``checksum`` and the objects it needs from the repo at ``url``.
@@ -310,6 +367,9 @@ class Repo:
         libostree verifies the commit object and every object it fetches against the checksums
         that name them. Objects already here are skipped; an interrupted pull leaves the commit
         marked partial and a later pull fetches only what is missing. Refs are not touched.
+        ``proxy`` is an HTTP proxy URL for this pull (the device's metering relay);
+        ``network_retries`` is how often libostree itself retries a failed object request.
+        Static deltas on the server are not used: the device fetches those itself.
         ``progress`` gets the running totals while the pull runs (when libostree reports them).
 
         Raises:
@@ -326,18 +386,20 @@ class Repo:
                 "override-url": GLib.Variant("s", url),
                 "gpg-verify": GLib.Variant("b", False),
                 "gpg-verify-summary": GLib.Variant("b", False),
+                "disable-static-deltas": GLib.Variant("b", True),
+                "n-network-retries": GLib.Variant("u", network_retries),
             },
         )
+        settings = {"gpg-verify": "false", "gpg-verify-summary": "false"}
+        if proxy is not None:
+            settings["proxy"] = proxy
         remote_options = GLib.Variant(
-            "a{sv}",
-            {
-                "gpg-verify": GLib.Variant("s", "false"),
-                "gpg-verify-summary": GLib.Variant("s", "false"),
-            },
+            "a{sv}", {k: GLib.Variant("s", v) for k, v in settings.items()}
         )
         try:
+            # REPLACE: the proxy (a local port) changes from one pull to the next.
             self._repo.remote_change(
-                None, OSTree.RepoRemoteChange.ADD_IF_NOT_EXISTS, remote, url, remote_options, None
+                None, OSTree.RepoRemoteChange.REPLACE, remote, url, remote_options, None
             )
         except GLib.Error as e:
             raise RepositoryError(
@@ -363,6 +425,79 @@ class Repo:
         finally:
             status.finish()
         return stats()
+
+    # -- static deltas ---------------------------------------------------------------------------
+
+    def generate_delta(
+        self, from_commit: str, to_commit: str, *, params: Mapping[str, bool | int | str]
+    ) -> StaticDelta:
+        """Generate the static delta ``from_commit`` -> ``to_commit`` into this repository.
+
+        ``params`` are libostree's generation parameters, e.g. ``bsdiff-enabled`` (b),
+        ``max-bsdiff-size`` and ``min-fallback-size`` and ``max-chunk-size`` (MiB, u),
+        ``inline-parts`` (b). A delta already here is generated again (same result).
+
+        Raises:
+            RepositoryError: a commit is missing or libostree failed.
+        """
+        for checksum in (from_commit, to_commit):
+            if not self.has_commit(checksum):
+                raise RepositoryError(f"{self.path}: no commit {checksum}", user_error=True)
+        types = {bool: "b", int: "u", str: "s"}
+        variant = GLib.Variant(
+            "a{sv}", {k: GLib.Variant(types[type(v)], v) for k, v in sorted(params.items())}
+        )
+        try:
+            self._repo.static_delta_generate(
+                OSTree.StaticDeltaGenerateOpt.MAJOR, from_commit, to_commit, None, variant, None
+            )
+        except GLib.Error as e:
+            raise RepositoryError(
+                f"{self.path}: cannot generate the static delta {from_commit[:12]} -> "
+                f"{to_commit[:12]}: {e.message}",
+                path=self.path,
+            ) from e
+        return self.static_delta(from_commit, to_commit)
+
+    def static_delta(self, from_commit: str, to_commit: str) -> StaticDelta:
+        """Describe the delta ``from_commit`` -> ``to_commit`` already in this repository."""
+        relative = static_delta_dir(from_commit, to_commit)
+        directory = self.path / relative
+        if not (directory / "superblock").is_file():
+            raise RepositoryError(
+                f"{self.path}: no static delta {from_commit[:12]} -> {to_commit[:12]}",
+                path=self.path,
+            )
+        names = sorted(
+            (p.name for p in directory.iterdir() if p.name.isdigit()), key=lambda n: int(n)
+        )
+        files = tuple(
+            DeltaFile(name, (directory / name).stat().st_size, _sha256(directory / name))
+            for name in ["superblock", *names]
+        )
+        return StaticDelta(from_commit, to_commit, relative, files)
+
+    def apply_delta(self, directory: Path) -> None:
+        """Apply the static delta whose superblock and parts are in ``directory`` (offline).
+
+        The commit it leads to must have its parent commit's objects here, as any device
+        running the delta's base has. libostree checks every part against the checksum the
+        superblock lists and every object it writes against its name; on any error the
+        transaction is aborted and the repository keeps only complete objects.
+
+        Raises:
+            RepositoryError: the files do not form a valid delta for this repository.
+        """
+        try:
+            with self.transaction():
+                self._repo.static_delta_execute_offline(
+                    Gio.File.new_for_path(str(directory)), False, None
+                )
+        except GLib.Error as e:
+            raise RepositoryError(
+                f"{self.path}: cannot apply the static delta in {directory}: {e.message}",
+                path=self.path,
+            ) from e
 
     def read_file(self, ref_or_checksum: str, path: str) -> bytes:
         """The content of the regular file ``path`` in a commit."""

@@ -6,15 +6,19 @@ decides what may be released (an afield image, a version newer than the channel'
 leaves the TUF mechanics to :mod:`afield.trust` and commit reading to :mod:`afield.image`. Shared by
 the builder and the fleet manager; it never imports the device, the compose pipeline or the CLI.
 
-What it leaves to others: static delta generation (a later step fills
-:func:`~afield.release.publish.available_deltas`), serving the repository, the device's choice.
+Publishing also generates the static deltas devices will use (from previous releases, named
+commits, and the commits a fleet manager reports running).
+
+What it leaves to others: serving the repository (:mod:`afield.release.serve`), the device's choice.
 """
 
 from __future__ import annotations
 
 from afield.release.publish import (
+    DELTA_PARAMS,
     ReleaseListing,
     available_deltas,
+    delta_sources,
     init_repository,
     list_releases,
     metadata_dir,
@@ -23,8 +27,10 @@ from afield.release.publish import (
 )
 
 __all__ = [
+    "DELTA_PARAMS",
     "ReleaseListing",
     "available_deltas",
+    "delta_sources",
     "init_repository",
     "list_releases",
     "metadata_dir",

@@ -9,14 +9,21 @@ fields; targets, snapshot and timestamp are signed and written under the reposit
 :func:`init_repository`, :func:`refresh` and :func:`list_releases` do the rest of the
 ``afield release`` commands.
 
-What it leaves to others: static deltas between releases (:func:`available_deltas` is the hook a
-later step fills), serving the repository over HTTP, the TUF mechanics (:mod:`afield.trust`).
+Static deltas: at publish, libostree generates deltas to the new commit from the previous releases
+of the same image (:func:`delta_sources`), from commits named on the command line and from the
+commits a fleet manager reports its devices run (:mod:`afield.release.fleet`); each is listed in
+the target's ``deltas`` field with the length and sha256 of every file, so the device can fetch
+and check them itself (:mod:`afield.device.fetch`).
+
+What it leaves to others: serving the repository over HTTP, the TUF mechanics
+(:mod:`afield.trust`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,7 @@ from typing import Any
 from afield.errors import RepositoryError
 from afield.image import ImageInfo, image_info, open_repository
 from afield.ostree import Repo
+from afield.release.fleet import running_commits
 from afield.trust import (
     Expiries,
     Keyring,
@@ -35,8 +43,10 @@ from afield.trust import (
 )
 
 __all__ = [
+    "DELTA_PARAMS",
     "ReleaseListing",
     "available_deltas",
+    "delta_sources",
     "init_repository",
     "list_releases",
     "metadata_dir",
@@ -61,17 +71,60 @@ def init_repository(
     return MetadataRepository.create(metadata_dir(directory), keyring, expiries=expiries, now=now)
 
 
-def available_deltas(
-    repo: Repo, commit: str, previous: list[ReleaseTarget]
-) -> list[dict[str, Any]]:
-    """The static deltas a device may use to reach ``commit``, listed in its target.
+# libostree's static delta generation parameters, chosen with benchmarks/wire.py: bsdiff for
+# changed files (ELF libraries change a little between security updates), everything else is
+# libostree's default.
+DELTA_PARAMS: dict[str, bool | int | str] = {"bsdiff-enabled": True}
 
-    The hook for delta generation: a later step generates OSTree static deltas from the
-    ``previous`` releases of the same image into ``repo`` and describes them here. Until then
-    there are none, and devices pull objects.
+
+def delta_sources(
+    previous: list[ReleaseTarget],
+    *,
+    count: int,
+    extra: list[str],
+) -> list[str]:
+    """The commits to build deltas from: ``extra`` first, then the newest ``count`` previous.
+
+    A pure choice; duplicates are dropped, the order is kept.
     """
-    del repo, commit, previous
-    return []
+    newest_first = sorted(previous, key=lambda r: r.version_key, reverse=True)
+    chosen = [*extra, *(r.commit for r in newest_first[: max(count, 0)])]
+    return list(dict.fromkeys(chosen))
+
+
+def available_deltas(
+    repo: Repo,
+    commit: str,
+    sources: list[str],
+    *,
+    on_note: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Generate the static deltas ``source -> commit`` and describe them for the target.
+
+    Each entry is what a device needs to fetch and check the delta on its own: ``from``, the
+    delta's ``path`` in the afield repository, its total ``length`` and every file with its
+    length and sha256. A source commit not in the repository is skipped (``on_note`` says so).
+    """
+    entries: list[dict[str, Any]] = []
+    for source in sources:
+        if source == commit:
+            continue
+        if not repo.has_commit(source):
+            if on_note is not None:
+                on_note(f"no delta from {source[:12]}: that commit is not in {repo.path}")
+            continue
+        delta = repo.generate_delta(source, commit, params=DELTA_PARAMS)
+        entries.append(
+            {
+                "from": source,
+                "path": f"ostree/{delta.directory}",
+                "length": delta.length,
+                "files": [
+                    {"name": f.name, "length": f.length, "sha256": f.sha256} for f in delta.files
+                ],
+            }
+        )
+    return entries
 
 
 def _user_error(message: str, directory: Path) -> RepositoryError:
@@ -127,8 +180,12 @@ def publish(
     *,
     version: str | None = None,
     channel: str = "stable",
+    deltas: int = 3,
+    delta_from: list[str] | None = None,
+    fleet_url: str | None = None,
     expiries: Expiries | None = None,
     now: dt.datetime | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> ReleaseTarget:
     """Publish ``commit`` (checksum, unique prefix or ref in ``DIR/ostree``) as a release.
 
@@ -138,15 +195,22 @@ def publish(
         commit: the commit to release.
         version: the release version; default the commit's ``version`` metadata.
         channel: the channel devices follow.
+        deltas: build static deltas from this many previous releases of the same image and
+            architecture (any channel), newest first.
+        delta_from: also build deltas from these commits (checksums, prefixes or refs).
+        fleet_url: also build deltas from the commits the devices of this fleet manager run
+            (:func:`afield.release.fleet.running_commits`).
         expiries: validity periods of the metadata signed now.
         now: the signing time (tests sign in the past to make expired metadata).
+        on_note: told about deltas that could not be built (a base commit not in the repo).
 
     Returns:
         The release target as signed.
 
     Raises:
         RepositoryError: the commit does not exist, is not an afield image, has no version,
-            or its version is not newer than the channel's newest release (user errors).
+            or its version is not newer than the channel's newest release (user errors); the
+            fleet manager cannot be asked.
         TrustError: metadata does not verify or a key is missing.
     """
     repo = open_repository(directory)
@@ -159,6 +223,9 @@ def publish(
         )
     key = version_key(release_version)
     length = _check_object(repo, info.checksum)
+    extra = [repo.resolve(c) for c in delta_from or []]
+    if fleet_url is not None:
+        extra += [r.commit for r in running_commits(fleet_url, image, arch)]
     with MetadataRepository.edit(metadata_dir(directory)) as meta:
         same = [
             r for r in meta.releases() if (r.image, r.arch, r.channel) == (image, arch, channel)
@@ -188,7 +255,18 @@ def publish(
             version=release_version,
             channel=channel,
             ref=_ref(info, commit),
-            deltas=tuple(available_deltas(repo, info.checksum, same)),
+            deltas=tuple(
+                available_deltas(
+                    repo,
+                    info.checksum,
+                    delta_sources(
+                        [r for r in meta.releases() if (r.image, r.arch) == (image, arch)],
+                        count=deltas,
+                        extra=extra,
+                    ),
+                    on_note=on_note,
+                )
+            ),
         )
         meta.add_release(release, keyring, expiries=expiries, now=now)
     return release

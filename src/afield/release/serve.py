@@ -218,7 +218,7 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def _server(app: Starlette) -> uvicorn.Server:
+def _server(app: ASGIApp) -> uvicorn.Server:
     config = uvicorn.Config(
         app, lifespan="off", ws="none", http="h11", log_config=None, access_log=False
     )
@@ -242,9 +242,15 @@ def run(
 
 
 @contextmanager
-def running(repo_dir: Path, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Serve ``repo_dir`` from a background thread; yields the base URL, stops on exit."""
-    app = create_repo_app(repo_dir)
+def running(
+    repo_dir: Path, *, host: str = "127.0.0.1", port: int = 0, app: ASGIApp | None = None
+) -> Iterator[str]:
+    """Serve ``repo_dir`` from a background thread; yields the base URL, stops on exit.
+
+    ``app`` serves instead of :func:`create_repo_app` (e.g. the repository app wrapped in
+    middleware that injects network faults, in tests).
+    """
+    app = app or create_repo_app(repo_dir)
     sock = bind(host, port)
     server = _server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -57,10 +57,16 @@ class _Fetcher(Urllib3Fetcher):
     def __init__(self, timeout: int) -> None:
         super().__init__(socket_timeout=timeout, app_user_agent="afield")
         self.last_url: str | None = None
+        self.bytes_fetched = 0
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         self.last_url = url
-        return super()._fetch(url)
+        return self._count(super()._fetch(url))
+
+    def _count(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.bytes_fetched += len(chunk)
+            yield chunk
 
 
 class TrustedUpdater:
@@ -116,6 +122,11 @@ class TrustedUpdater:
     def close(self) -> None:
         """Forget the verified state; a later call refreshes again."""
         self._updater = None
+
+    @property
+    def bytes_fetched(self) -> int:
+        """Bytes of metadata and target files received so far (for the update's byte count)."""
+        return self._fetcher.bytes_fetched
 
     def _new_updater(self) -> Updater:
         config = UpdaterConfig(
