@@ -10,42 +10,46 @@ One update, in the order that keeps every check before any write to the deployme
    newest for the device's OS, architecture and channel; a release older than or equal to the
    booted one is refused (anti-rollback), the booted release itself is "up to date";
 3. download the release's commit object through TUF (signed length and sha256, which is the
-   commit checksum), then pull exactly that checksum with libostree from ``{server}/ostree``
-   into the sysroot's repository: libostree verifies every object against the checksums the
-   commit pins;
+   commit checksum), then bring that exact commit into the sysroot's repository
+   (:func:`afield.device.fetch.fetch_commit`): a signed static delta from the booted commit
+   when the release lists one, else an object pull; both are checked against the checksums the
+   commit pins, metered (``max_rate``, progress) and resumable;
 4. stage it with :meth:`~afield.device.lifecycle.Device.stage_pulled` (boot counter armed
    before the new default is written) and record an ``update staged`` event with the bytes
    downloaded.
 
-Any failure leaves the deployments as they were; it is recorded as ``update failed`` and
-re-raised (:class:`~afield.errors.TrustError` / :class:`~afield.errors.TransportError` from TUF
-name the failed check). Objects of an interrupted pull stay in the repository, marked partial,
-and the next attempt fetches only what is missing.
+Transfers that fail (server down, 5xx, a cut connection, a stall) are retried with exponential
+backoff and full jitter (:class:`~afield.device.transport.RetryPolicy`); failed checks never
+are. Any failure leaves the deployments as they were; it is recorded as ``update failed`` with
+the bytes it cost and re-raised (:class:`~afield.errors.TrustError` /
+:class:`~afield.errors.TransportError` name the failed check). Objects and delta files of an
+interrupted update stay on the device and the next attempt fetches only what is missing.
 
-What it leaves to others: static deltas (:func:`delta_for` is the hook, ``used_delta`` is always
-False for now), retries with backoff, ``--max-rate`` and a resumable byte-range download (later
-steps), booting and health checks (:mod:`afield.device.bootseq`).
+What it leaves to others: booting and health checks (:mod:`afield.device.bootseq`).
 """
 
 from __future__ import annotations
 
 import platform
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from afield.device.fetch import FetchOptions, fetch_commit
 from afield.device.lifecycle import Device
+from afield.device.transport import RetryPolicy, retrying
 from afield.errors import AfieldError, DeviceError, RepositoryError
 from afield.ostree import Deployment
 from afield.trust import ReleaseTarget, TrustedUpdater, UpdaterLimits, version_key
 
-__all__ = ["UpdateResult", "choose_release", "delta_for", "trust_dir", "update"]
+__all__ = ["UpdateResult", "choose_release", "downloads_dir", "trust_dir", "update"]
 
 _ARCH = {"x86_64": "x86_64", "aarch64": "aarch64", "amd64": "x86_64", "arm64": "aarch64"}
 
 Progress = Callable[[int], None]
+OnRetry = Callable[[int, BaseException, float], None]
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,13 @@ class UpdateResult:
         target: the chosen release's TUF target path, if one was chosen.
         version: the chosen release's version.
         commit: the chosen release's commit checksum.
-        bytes_downloaded: bytes of the commit object and the OSTree objects pulled.
-        objects_fetched: OSTree objects fetched (those already on the device are skipped).
-        used_delta: whether a static delta was used (not yet: always False).
+        bytes_downloaded: bytes received: TUF metadata, the commit object, and the delta
+            files or OSTree objects.
+        objects_fetched: OSTree objects fetched by an object pull (those already on the device
+            are skipped; 0 when a delta was used).
+        used_delta: whether a static delta was used.
+        delta_error: why a listed delta could not be used (the object pull took over).
+        max_rate: the bandwidth cap in bytes/s, if any.
     """
 
     updated: bool
@@ -75,6 +83,8 @@ class UpdateResult:
     bytes_downloaded: int = 0
     objects_fetched: int = 0
     used_delta: bool = False
+    delta_error: str | None = None
+    max_rate: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what ``afield device update --json`` prints)."""
@@ -89,12 +99,19 @@ class UpdateResult:
             "bytes_downloaded": self.bytes_downloaded,
             "objects_fetched": self.objects_fetched,
             "used_delta": self.used_delta,
+            "delta_error": self.delta_error,
+            "max_rate": self.max_rate,
         }
 
 
 def trust_dir(device: Device) -> Path:
     """Where the device keeps its trusted TUF metadata (``/var/lib/afield/trust``)."""
     return device.state.directory / "trust"
+
+
+def downloads_dir(device: Device) -> Path:
+    """Where delta files wait to be applied (``/var/lib/afield/downloads``); kept across runs."""
+    return device.state.directory / "downloads"
 
 
 def device_arch() -> str:
@@ -160,16 +177,6 @@ def choose_release(
     return chosen, f"staged {chosen.version} ({chosen.commit[:12]}); it boots next"
 
 
-def delta_for(release: ReleaseTarget, booted_commit: str) -> Mapping[str, Any] | None:
-    """The static delta from ``booted_commit`` to ``release`` to use, if any.
-
-    The hook for static deltas: a later step matches ``release.deltas`` against the booted
-    commit and pulls the delta instead of objects. Until then there is none.
-    """
-    del release, booted_commit
-    return None
-
-
 def _running(device: Device) -> tuple[Deployment, Deployment | None]:
     deployments = device.deployments()
     current = device.booted() or next(iter(deployments), None)
@@ -187,7 +194,11 @@ def update(
     version: str | None = None,
     channel: str = "stable",
     limits: UpdaterLimits | None = None,
+    max_rate: int | None = None,
+    policy: RetryPolicy | None = None,
+    use_deltas: bool = True,
     progress: Progress | None = None,
+    on_retry: OnRetry | None = None,
 ) -> UpdateResult:
     """Update ``device`` from the afield repository at ``server_url`` (see the module docs).
 
@@ -197,7 +208,11 @@ def update(
         version: the version to install; default the newest on ``channel``.
         channel: the channel to follow.
         limits: TUF download limits and network timeout.
-        progress: called with the bytes pulled so far, while libostree reports them.
+        max_rate: cap on the delta and object download rate, bytes/s (metered links).
+        policy: retries, backoff and timeouts of every transfer.
+        use_deltas: use a static delta when one matches (False: always pull objects).
+        progress: called with the bytes of the release received so far, as they arrive.
+        on_retry: told about each retry (attempt, error, seconds until the next).
 
     Returns:
         What was done; ``updated`` is False when the device is already up to date.
@@ -209,11 +224,44 @@ def update(
         TransportError: the repository could not be reached.
     """
     base = server_url.rstrip("/") + "/"
+    spent = _Spent(progress)
+    options = FetchOptions(
+        max_rate=max_rate,
+        policy=policy or RetryPolicy(),
+        use_deltas=use_deltas,
+        progress=spent.fetched,
+        on_retry=on_retry,
+    )
     try:
-        return _update(device, base, version, channel, limits, progress)
+        return _update(device, base, version, channel, limits, options, spent)
     except AfieldError as e:
-        device.state.record("update failed", server=base, channel=channel, error=str(e))
+        device.state.record(
+            "update failed",
+            server=base,
+            channel=channel,
+            error=str(e),
+            bytes_downloaded=spent.total,
+            max_rate=max_rate,
+        )
         raise
+
+
+class _Spent:
+    """The bytes an update has cost so far: TUF downloads plus the release's bytes."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.metadata = 0
+        self.release = 0
+        self._progress = progress
+
+    @property
+    def total(self) -> int:
+        return self.metadata + self.release
+
+    def fetched(self, count: int) -> None:
+        self.release = count
+        if self._progress is not None:
+            self._progress(count)
 
 
 def _update(
@@ -222,7 +270,8 @@ def _update(
     version: str | None,
     channel: str,
     limits: UpdaterLimits | None,
-    progress: Progress | None,
+    options: FetchOptions,
+    spent: _Spent,
 ) -> UpdateResult:
     trusted = trust_dir(device)
     if not (trusted / "root.json").is_file():
@@ -233,33 +282,51 @@ def _update(
         )
     current, staged = _running(device)
     booted_version = device.version_of(current)
+    policy = options.policy
     with TrustedUpdater(trusted, base, limits=limits) as updater:
-        updater.refresh()
-        release, reason = choose_release(
-            updater.releases(),
-            image=device.osname,
-            arch=device_arch(),
-            channel=channel,
-            booted_version=booted_version,
-            booted_commit=current.checksum,
-            staged_commit=staged.checksum if staged is not None else None,
-            version=version,
-        )
-        if release is None:
-            return UpdateResult(
-                updated=False, reason=reason, channel=channel, booted_version=booted_version
+        try:
+            retrying(
+                policy,
+                updater.refresh,
+                what="refresh the TUF metadata",
+                on_retry=options.on_retry,
             )
-        with tempfile.TemporaryDirectory(prefix="afield-update-") as tmp:
-            commit_bytes = updater.download(release, Path(tmp)).stat().st_size
-    delta = delta_for(release, current.checksum)
-    repo = device.sysroot.repo()
-    origin = f"{base}ostree"
-    report = None if progress is None else (lambda s: progress(commit_bytes + s.bytes_transferred))
+            release, reason = choose_release(
+                updater.releases(),
+                image=device.osname,
+                arch=device_arch(),
+                channel=channel,
+                booted_version=booted_version,
+                booted_commit=current.checksum,
+                staged_commit=staged.checksum if staged is not None else None,
+                version=version,
+            )
+            if release is None:
+                return UpdateResult(
+                    updated=False, reason=reason, channel=channel, booted_version=booted_version
+                )
+            with tempfile.TemporaryDirectory(prefix="afield-update-") as tmp:
+                retrying(
+                    policy,
+                    lambda: updater.download(release, Path(tmp)),
+                    what=f"download {release.path}",
+                    on_retry=options.on_retry,
+                )
+        finally:
+            spent.metadata = updater.bytes_fetched
+    have = [current.checksum, *(d.checksum for d in device.deployments())]
     try:
-        stats = repo.pull_url(origin, release.commit, progress=report)
+        fetched = fetch_commit(
+            device.sysroot.repo(),
+            base,
+            release,
+            have=list(dict.fromkeys(have)),
+            downloads=downloads_dir(device),
+            options=options,
+        )
     except RepositoryError as e:
         raise DeviceError(
-            f"cannot pull release {release.version} ({release.commit}) from {origin}: "
+            f"cannot fetch release {release.version} ({release.commit}) from {base}: "
             f"{e.message}; nothing was staged"
         ) from e
     device.stage_pulled(release.commit, version=release.version)
@@ -271,9 +338,11 @@ def _update(
         target=release.path,
         version=release.version,
         commit=release.commit,
-        bytes_downloaded=commit_bytes + stats.bytes_transferred,
-        objects_fetched=stats.objects_fetched,
-        used_delta=delta is not None,
+        bytes_downloaded=spent.metadata + fetched.bytes_downloaded,
+        objects_fetched=fetched.objects_fetched,
+        used_delta=fetched.used_delta,
+        delta_error=fetched.delta_error,
+        max_rate=options.max_rate,
     )
     device.state.record(
         "update staged",
@@ -285,5 +354,7 @@ def _update(
         bytes_downloaded=result.bytes_downloaded,
         objects_fetched=result.objects_fetched,
         used_delta=result.used_delta,
+        delta_error=result.delta_error,
+        max_rate=result.max_rate,
     )
     return result
