@@ -10,6 +10,7 @@ wire".
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ class Faults:
     """The faults to inject, and what was served.
 
     Attributes:
-        fail: answer this many requests under ``fail_prefix`` with HTTP 503, then serve.
+        fail: answer this many requests whose path matches ``fail_pattern`` (a regular
+            expression, searched) with HTTP 503, then serve.
         cut_after: cut one response once this many body bytes went out in total (under
             ``cut_prefix``); None: never. Set again to cut again.
         stall_prefix: requests under it get headers, then nothing until the server stops.
@@ -39,7 +41,7 @@ class Faults:
 
     app: ASGIApp
     fail: int = 0
-    fail_prefix: str = "/"
+    fail_pattern: str = ""
     cut_after: int | None = None
     cut_prefix: str = "/"
     stall_prefix: str | None = None
@@ -60,7 +62,7 @@ class Faults:
         headers = dict(scope["headers"])
         byte_range = headers.get(b"range")
         self.requests.append((path, byte_range.decode() if byte_range else None))
-        if self.fail > 0 and path.startswith(self.fail_prefix):
+        if self.fail > 0 and re.search(self.fail_pattern, path):
             self.fail -= 1
             await _answer(send, 503, b"injected fault\n")
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,8 @@ import pytest
 
 from afield.device.bootseq import boot_once
 from afield.device.lifecycle import Device
+from afield.release import init_repository, publish
+from afield.trust import Keyring
 from tests.device.images import commit_image
 
 
@@ -58,3 +62,54 @@ def new_device(tmp_path: Path, images: Images) -> NewDevice:
         return device
 
     return make
+
+
+@dataclass(frozen=True)
+class Site:
+    """An afield repository with images 1.0.0 and 2.0.0 committed (not yet published)."""
+
+    tmp: Path
+    directory: Path
+    keyring: Keyring
+    v1: str
+    v2: str
+
+    def publish(self, *commits: str, deltas: int = 3) -> None:
+        for commit in commits:
+            publish(self.directory, self.keyring, commit, deltas=deltas)
+
+    def device(self, installed: str, *, trusted: bool = True, name: str = "sysroot") -> Device:
+        """A device with ``installed`` deployed and booted once (healthy)."""
+        root = self.directory / "tuf" / "root.json" if trusted else None
+        device = Device.init(self.tmp / name, "gateway", trust_root=root)
+        device.install(self.directory, installed)
+        assert boot_once(device).healthy
+        return device
+
+
+def _site(tmp_path: Path, new_files: dict[str, str]) -> Site:
+    directory = tmp_path / "server"
+    work = tmp_path / "work"
+    v1 = commit_image(directory, work, version="1.0.0", etc={"app.conf": "level = 1\n"})
+    v2 = commit_image(
+        directory, work, version="2.0.0", etc={"app.conf": "level = 2\n", **new_files}
+    )
+    keyring = Keyring.generate(tmp_path / "keys")
+    init_repository(directory, keyring)
+    return Site(tmp_path, directory, keyring, v1, v2)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    """Releases 1.0.0 and 2.0.0 that differ in a few bytes."""
+    return _site(tmp_path, {})
+
+
+BLOB_BYTES = 600_000
+
+
+@pytest.fixture
+def big_site(tmp_path: Path) -> Site:
+    """Like ``site``, but 2.0.0 adds ~600 kB that does not compress: transfers take a while."""
+    noise = random.Random(2026).randbytes(BLOB_BYTES * 3 // 4)  # noqa: S311 (test data)
+    return _site(tmp_path, {"blob.txt": base64.b64encode(noise).decode()})

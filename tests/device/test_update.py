@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -21,50 +19,15 @@ from afield.device.status import device_status
 from afield.device.transport import RetryPolicy
 from afield.device.update import trust_dir, update
 from afield.errors import DeviceError, TransportError, TrustError
-from afield.release import init_repository, publish
 from afield.release.serve import running
-from afield.trust import Keyring, UpdaterLimits, commit_target_path
+from afield.trust import UpdaterLimits, commit_target_path
 from tests.conftest import afield
-from tests.device.images import commit_image
+from tests.device.conftest import Site
 
 pytestmark = pytest.mark.root
 
 # Retries that do not make a failing test wait.
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, timeout=5)
-
-
-@dataclass(frozen=True)
-class Site:
-    """An afield repository with images 1.0.0 and 2.0.0 committed (not yet published)."""
-
-    tmp: Path
-    directory: Path
-    keyring: Keyring
-    v1: str
-    v2: str
-
-    def publish(self, *commits: str, deltas: int = 3) -> None:
-        for commit in commits:
-            publish(self.directory, self.keyring, commit, deltas=deltas)
-
-    def device(self, installed: str, *, trusted: bool = True) -> Device:
-        """A device with ``installed`` deployed and booted once (healthy)."""
-        root = self.directory / "tuf" / "root.json" if trusted else None
-        device = Device.init(self.tmp / "sysroot", "gateway", trust_root=root)
-        device.install(self.directory, installed)
-        assert boot_once(device).healthy
-        return device
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Site:
-    directory = tmp_path / "server"
-    work = tmp_path / "work"
-    v1 = commit_image(directory, work, version="1.0.0", etc={"app.conf": "level = 1\n"})
-    v2 = commit_image(directory, work, version="2.0.0", etc={"app.conf": "level = 2\n"})
-    keyring = Keyring.generate(tmp_path / "keys")
-    init_repository(directory, keyring)
-    return Site(tmp_path, directory, keyring, v1, v2)
 
 
 def _deployments(device: Device) -> tuple[list[str], bytes]:

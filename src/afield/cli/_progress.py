@@ -1,4 +1,4 @@
-"""A rich progress display for the compose pipeline: one line per stage, with its time."""
+"""Rich progress displays: compose stages (one line each, with its time) and downloads."""
 
 from __future__ import annotations
 
@@ -6,9 +6,17 @@ from collections import deque
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 
-__all__ = ["StageProgress"]
+__all__ = ["DownloadProgress", "StageProgress"]
 
 
 class StageProgress:
@@ -60,3 +68,39 @@ class StageProgress:
         self.tail.append(line)
         if self._verbose:
             self._progress.console.print(line, markup=False, highlight=False)
+
+
+class DownloadProgress:
+    """A live line for a download: bytes received and the rate (the total is not known ahead)."""
+
+    def __init__(self, console: Console, description: str) -> None:
+        self._progress = Progress(
+            SpinnerColumn(finished_text="[green]✓[/]"),
+            TextColumn("{task.description}"),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._progress.add_task(description, total=None)
+
+    def __enter__(self) -> DownloadProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._progress.stop()
+
+    def received(self, total: int) -> None:
+        """``total`` bytes received so far."""
+        self._progress.update(self._task, completed=total)
+
+    def note(self, line: str) -> None:
+        """A line above the bar (e.g. a retry)."""
+        self._progress.console.print(line, markup=False, highlight=False)

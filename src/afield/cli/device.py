@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import typer
 
-from afield.cli._output import console, print_json
+from afield.cli._output import console, err_console, print_json
+from afield.cli._progress import DownloadProgress
 from afield.device.bootseq import boot_once, healthcheck_booted
 from afield.device.lifecycle import Device
 from afield.device.status import device_status
@@ -63,19 +65,59 @@ def update(
         None, "--version", help="The version to install; default the newest on the channel."
     ),
     channel: str = typer.Option("stable", "--channel", help="The channel to follow."),
+    max_rate: str | None = typer.Option(
+        None,
+        "--max-rate",
+        help="Cap the download rate, bytes/s (suffixes k, M: 200k, 1.5M) for metered links.",
+    ),
+    no_deltas: bool = typer.Option(
+        False, "--no-deltas", help="Pull objects even when a static delta matches."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Verify the repository (TUF), pull the chosen release (OSTree) and stage it."""
-    result = update_device(Device.open(sysroot), server, version=version, channel=channel)
+    """Verify the repository (TUF), fetch the chosen release (delta or objects), stage it."""
+    rate = parse_rate(max_rate) if max_rate is not None else None
+    device = Device.open(sysroot)
+    with DownloadProgress(err_console, "update") as bar:
+
+        def retried(attempt: int, error: BaseException, wait: float) -> None:
+            bar.note(f"attempt {attempt} failed ({error}); retrying in {wait:.1f} s")
+
+        result = update_device(
+            device,
+            server,
+            version=version,
+            channel=channel,
+            max_rate=rate,
+            use_deltas=not no_deltas,
+            progress=bar.received,
+            on_retry=retried,
+        )
     if as_json:
         print_json(result.to_dict())
         return
     console.print(result.reason)
     if result.updated:
+        how = "static delta" if result.used_delta else f"{result.objects_fetched} objects"
         console.print(
-            f"  downloaded {result.bytes_downloaded} bytes ({result.objects_fetched} objects); "
+            f"  downloaded {result.bytes_downloaded:,} bytes ({how}); "
             "run `afield device boot` (or reboot) to boot it under the boot counter"
         )
+        if result.delta_error:
+            console.print(f"  the static delta was not used: {result.delta_error}")
+
+
+def parse_rate(text: str) -> int:
+    """Bytes per second from ``200000``, ``200k`` or ``1.5M`` (powers of 1000)."""
+    units = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgG]?)(?:[bB](?:/s)?)?\s*", text)
+    value = float(match.group(1)) * units[match.group(2).lower()] if match else 0
+    if value < 1:
+        raise typer.BadParameter(
+            f"{text!r}: expected a positive rate in bytes/s, e.g. 200000, 200k or 1.5M",
+            param_hint="--max-rate",
+        )
+    return int(value)
 
 
 @app.command("boot")

@@ -182,11 +182,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         meter = self.relay.meter
         try:
-            # read(n) raises IncompleteRead when the server closes before sending what it
-            # announced, and marks the response done at its end, so the connection is reused.
+            # read(n) marks the response done at its end, so the connection is reused; at a
+            # premature end it just returns b"", leaving ``length`` at what is missing.
             while chunk := response.read(meter.chunk_size()):
                 self.wfile.write(chunk)
                 meter.add(len(chunk))
+            if response.length:
+                raise http.client.IncompleteRead(b"", response.length)
         except (OSError, http.client.HTTPException) as e:
             # Cut the client off too: libostree sees a short body, not a corrupt object.
             self.relay.note(f"GET {target.path}: {e or type(e).__name__}")

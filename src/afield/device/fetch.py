@@ -169,6 +169,8 @@ def fetch_commit(
             the server unreachable after every retry); nothing was deployed.
         TransportError: the relay could not start.
     """
+    if isinstance(have, str):
+        raise TypeError("have must be a sequence of commit checksums, not one string")
     options = options or FetchOptions()
     base = base_url.rstrip("/") + "/"
     meter = Meter(options.max_rate, progress=options.progress)
@@ -209,23 +211,26 @@ def _apply_delta(
 ) -> None:
     directory = downloads / delta.path.rsplit("/", 1)[-1]
     directory.mkdir(parents=True, exist_ok=True)
-    with urllib3.PoolManager(num_pools=2, maxsize=1) as pool:
-        for name, length, digest in delta.files:
-            download(
-                pool,
-                f"{base}{delta.path}/{name}",
-                directory / name,
-                length=length,
-                sha256=digest,
-                meter=meter,
-                policy=policy,
-            )
     try:
+        with urllib3.PoolManager(num_pools=2, maxsize=1) as pool:
+            for name, length, digest in delta.files:
+                download(
+                    pool,
+                    f"{base}{delta.path}/{name}",
+                    directory / name,
+                    length=length,
+                    sha256=digest,
+                    meter=meter,
+                    policy=policy,
+                )
         repo.apply_delta(directory)
-    finally:
-        # Applied or refused, these bytes are not needed again: a refused delta falls back
-        # to the object pull, which never reads them.
+    except TransportError:
+        raise  # keep what was fetched: the next attempt resumes it
+    except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
+        raise
+    # Applied: these bytes are not needed again.
+    shutil.rmtree(directory, ignore_errors=True)
     if not repo.has_commit(delta.to_commit):
         raise RepositoryError(f"the static delta {delta.path} did not produce its commit")
 
