@@ -26,6 +26,7 @@ test-fast: lint
 bench: bootstrap
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/device.py
+	$(PY) benchmarks/wire.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache _demo

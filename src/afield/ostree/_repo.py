@@ -434,7 +434,7 @@ class Repo:
         """Generate the static delta ``from_commit`` -> ``to_commit`` into this repository.
 
         ``params`` are libostree's generation parameters, e.g. ``bsdiff-enabled`` (b),
-        ``max-bsdiff-size`` and ``min-fallback-size`` and ``max-chunk-size`` (MiB, u),
+        ``max-bsdiff-size``, ``min-fallback-size`` and ``max-chunk-size`` (MB, u),
         ``inline-parts`` (b). A delta already here is generated again (same result).
 
         Raises:

@@ -71,10 +71,13 @@ def init_repository(
     return MetadataRepository.create(metadata_dir(directory), keyring, expiries=expiries, now=now)
 
 
-# libostree's static delta generation parameters, chosen with benchmarks/wire.py: bsdiff for
-# changed files (ELF libraries change a little between security updates), everything else is
-# libostree's default.
-DELTA_PARAMS: dict[str, bool | int | str] = {"bsdiff-enabled": True}
+# libostree's static delta generation parameters, chosen with benchmarks/wire.py (RESULTS.md):
+# bsdiff for changed files is what matters (without it the delta is 4-5x larger: security updates
+# change libraries a little); min-fallback-size 0 keeps every object inside the delta, because a
+# "fallback" object would have to be pulled loose, and the device applies deltas offline. The
+# rest (max-bsdiff-size 128, max-chunk-size 32, xz parts) are libostree's defaults: larger chunks
+# or inlined parts saved nothing and make resumable units coarser.
+DELTA_PARAMS: dict[str, bool | int | str] = {"bsdiff-enabled": True, "min-fallback-size": 0}
 
 
 def delta_sources(
