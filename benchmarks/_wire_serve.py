@@ -12,17 +12,15 @@ apart. What is measured with it is ``wire.py``'s business.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 
-import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from afield.release.serve import bind, create_repo_app, url_of
+from afield.release.serve import create_repo_app, running
 
 __all__ = ["WireCount", "WireCounter", "serving"]
 
@@ -127,26 +125,5 @@ class WireCounter:
 def serving(repo_dir: Path) -> Iterator[tuple[str, WireCounter]]:
     """Serve the afield repository ``repo_dir`` from a thread; its base URL and byte counter."""
     counter = WireCounter(create_repo_app(repo_dir))
-    config = uvicorn.Config(
-        counter,
-        lifespan="off",
-        ws="none",
-        http="h11",
-        log_config=None,
-        log_level="error",  # libcurl asks for an h2c upgrade; uvicorn warns on every request
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    sock = bind("127.0.0.1", 0)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started and thread.is_alive():
-            time.sleep(0.01)
-        if not server.started:
-            raise SystemExit(f"the repository server for {repo_dir} did not start")
-        yield url_of(sock), counter
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+    with running(repo_dir, app=counter) as url:
+        yield url, counter

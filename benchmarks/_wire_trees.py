@@ -21,14 +21,14 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from _baseline import _run
 from _workload import remove_tree
 from afield.compose import default_cache_dir
 from afield.compose.stages import ostree_prepare
@@ -84,7 +84,6 @@ DPKG_OPTIONS = (
     "path-exclude=/usr/share/doc/*",
     "path-include=/usr/share/doc/*/copyright",
 )
-_LOG_TAIL = 30
 
 
 @dataclass(frozen=True)
@@ -145,23 +144,6 @@ def specs() -> dict[str, TreeSpec]:
 def cache_dir() -> Path:
     """``~/.cache/afield/bench-wire`` (under afield's compose cache directory)."""
     return default_cache_dir() / "bench-wire"
-
-
-def _run(argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None) -> None:
-    with log.open("a") as out:
-        out.write(f"$ {shlex.join(argv)}\n")
-        out.flush()
-        code = subprocess.run(
-            list(argv),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-            check=False,
-        ).returncode
-    if code != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-_LOG_TAIL:])
-        raise SystemExit(f"{argv[0]} failed with exit code {code} (log {log}):\n{tail}")
 
 
 def _seed_pool(pool: Path) -> int:

@@ -11,8 +11,8 @@ from afield.errors import RepositoryError
 from afield.ostree import Repo, is_checksum
 
 
-def _tree(tmp_path: Path, content: str = "v1") -> Path:
-    tree = tmp_path / f"tree-{content}"
+def _tree(tmp_path: Path, content: str = "v1", *, name: str | None = None) -> Path:
+    tree = tmp_path / f"tree-{name or content}"
     (tree / "usr" / "bin").mkdir(parents=True)
     (tree / "usr" / "bin" / "app").write_text(content)
     (tree / "usr" / "bin" / "app").chmod(0o755)
@@ -100,3 +100,35 @@ def test_opening_a_directory_that_is_no_repository_fails_clearly(tmp_path: Path)
     with pytest.raises(RepositoryError, match="not an OSTree repository") as e:
         Repo.open(tmp_path)
     assert e.value.user_error
+
+
+def test_commit_size_counts_every_object_the_commit_needs(tmp_path: Path) -> None:
+    repo = Repo.create(tmp_path / "repo")
+    first = _commit(repo, _tree(tmp_path, "v1"))
+    stored = sum(p.stat().st_size for p in (repo.path / "objects").rglob("*") if p.is_file())
+    assert repo.commit_size(first) == stored
+    second = _commit(repo, _tree(tmp_path, "v2" * 1000, name="big"), ref=None)
+    # Objects the commits share count for each: it is what a device with nothing pulls.
+    assert repo.commit_size(first) == stored < repo.commit_size(second)
+
+
+def test_static_delta_generate_describe_and_apply(tmp_path: Path) -> None:
+    server = Repo.create(tmp_path / "server")
+    old = _commit(server, _tree(tmp_path, "v1" * 5000, name="old"))
+    new = _commit(server, _tree(tmp_path, "v1" * 5000 + "v2", name="new"), ref=None)
+    delta = server.generate_delta(old, new, params={"bsdiff-enabled": True})
+    assert (delta.from_commit, delta.to_commit) == (old, new)
+    assert delta.files[0].name == "superblock" and delta.length > 0
+    for f in delta.files:
+        data = (server.path / delta.directory / f.name).read_bytes()
+        assert len(data) == f.length and hashlib.sha256(data).hexdigest() == f.sha256
+    device = Repo.create(tmp_path / "device", mode="bare")
+    device.pull_local(server, old)
+    device.apply_delta(server.path / delta.directory)
+    assert device.has_commit(new)
+    assert device.read_file(new, "/usr/bin/app") == ("v1" * 5000 + "v2").encode()
+    # A delta whose base the repository lacks is refused, and the repository stays as it was.
+    empty = Repo.create(tmp_path / "empty", mode="bare")
+    with pytest.raises(RepositoryError, match="cannot apply the static delta"):
+        empty.apply_delta(server.path / delta.directory)
+    assert not empty.has_commit(new)

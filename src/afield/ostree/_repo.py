@@ -426,6 +426,24 @@ class Repo:
             status.finish()
         return stats()
 
+    def commit_size(self, checksum: str) -> int:
+        """Bytes of every object the commit needs, as stored here (a from-scratch pull's cost).
+
+        Meaningful for archive repositories, whose objects are stored compressed as served.
+        """
+        try:
+            _, reachable = self._repo.traverse_commit(checksum, 0, None)
+        except GLib.Error as e:
+            raise RepositoryError(f"{self.path}: cannot walk commit {checksum}: {e.message}") from e
+        total = 0
+        for name in reachable:
+            object_checksum, object_type = OSTree.object_name_deserialize(name)
+            kind = OSTree.object_type_to_string(object_type)
+            suffix = "filez" if kind == "file" else kind  # archive mode compresses files
+            path = self.path / "objects" / object_checksum[:2] / f"{object_checksum[2:]}.{suffix}"
+            total += path.stat().st_size
+        return total
+
     # -- static deltas ---------------------------------------------------------------------------
 
     def generate_delta(

@@ -220,7 +220,15 @@ def url_of(sock: socket.socket) -> str:
 
 def _server(app: ASGIApp) -> uvicorn.Server:
     config = uvicorn.Config(
-        app, lifespan="off", ws="none", http="h11", log_config=None, access_log=False
+        app,
+        lifespan="off",
+        ws="none",
+        http="h11",
+        log_config=None,
+        access_log=False,
+        # libcurl (libostree) asks for an h2c upgrade on every request, and uvicorn warns each
+        # time; our own middleware logs every request, so only uvicorn's errors are wanted.
+        log_level="error",
     )
     return uvicorn.Server(config)
 
