@@ -35,6 +35,8 @@ class Faults:
         cut_after: cut one response once this many body bytes went out in total (under
             ``cut_prefix``); None: never. Set again to cut again.
         stall_prefix: requests under it get headers, then nothing until the server stops.
+        drip_prefix: responses under it trickle out, 64 bytes every 50 ms (~1.3 kB/s): never
+            silent long enough for a read timeout, far too slow to finish.
         requests: ``(path, range header)`` of every request, in order.
         sent: body bytes sent.
     """
@@ -45,6 +47,7 @@ class Faults:
     cut_after: int | None = None
     cut_prefix: str = "/"
     stall_prefix: str | None = None
+    drip_prefix: str | None = None
     requests: list[tuple[str, str | None]] = field(default_factory=list)
     sent: int = 0
     cuts: int = 0
@@ -77,8 +80,11 @@ class Faults:
             while not self.released:
                 await asyncio.sleep(0.05)
             raise _Cut
+        counting = self._counting(send, path)
+        if self.drip_prefix is not None and path.startswith(self.drip_prefix):
+            counting = self._dripping(counting)
         try:
-            await self.app(scope, receive, self._counting(send, path))
+            await self.app(scope, receive, counting)
         except _Cut:
             return
 
@@ -103,6 +109,22 @@ class Faults:
             await send(message)
 
         return counting
+
+    def _dripping(self, send: Send) -> Send:
+        async def dripping(message: Message) -> None:
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            body: bytes = message.get("body", b"")
+            for start in range(0, len(body), 64):
+                if self.released:
+                    raise _Cut
+                piece = body[start : start + 64]
+                more = start + 64 < len(body) or message.get("more_body", False)
+                await send({"type": "http.response.body", "body": piece, "more_body": more})
+                await asyncio.sleep(0.05)
+
+        return dripping
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:

@@ -262,6 +262,34 @@ def test_slow_retrieval_of_the_delta_falls_back_to_objects(big_site: Site) -> No
     assert len(_booted_blob(device)) == BLOB_BYTES
 
 
+def test_slow_retrieval_by_a_trickling_server_is_cut_off(big_site: Site) -> None:
+    # Threat: slow retrieval that never goes silent — a few bytes now and then keep every read
+    # timeout from firing; the minimum average rate catches it and the object pull takes over.
+    big_site.publish(big_site.v1, big_site.v2)
+    device = big_site.device(big_site.v1)
+    policy = RetryPolicy(attempts=2, base_delay=0.01, min_rate=5_000, min_rate_window=1.0)
+    with faulty(big_site.directory, drip_prefix="/ostree/deltas/") as (url, _served):
+        result = update(device, url, policy=policy)
+    assert not result.used_delta
+    assert result.delta_error is not None and "slow retrieval" in result.delta_error
+    assert len(_booted_blob(device)) == BLOB_BYTES
+
+
+def test_a_trickling_object_pull_is_cut_off_and_changes_nothing(big_site: Site) -> None:
+    big_site.publish(big_site.v1, big_site.v2, deltas=0)
+    device = big_site.device(big_site.v1)
+    before = _deployments(device)
+    policy = RetryPolicy(attempts=2, base_delay=0.01, min_rate=5_000, min_rate_window=1.0)
+    started = time.monotonic()
+    with (
+        faulty(big_site.directory, drip_prefix="/ostree/objects/") as (url, _served),
+        pytest.raises(DeviceError, match="slow retrieval"),
+    ):
+        update(device, url, policy=policy)
+    assert time.monotonic() - started < 60
+    assert _deployments(device) == before
+
+
 def test_slow_retrieval_of_objects_fails_and_changes_nothing(site: Site) -> None:
     site.publish(site.v1)
     site.publish(site.v2, deltas=0)

@@ -22,6 +22,7 @@ import http.client
 import selectors
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import cast
@@ -58,10 +59,20 @@ class Relay:
     """Forward libostree's requests to ``origin`` (``http(s)://host[:port]``), metered.
 
     Use as a context manager; :attr:`url` is the proxy URL to give libostree. :attr:`errors`
-    collects what went wrong upstream, so a failed pull can say more than libcurl does.
+    collects what went wrong upstream, so a failed pull can say more than libcurl does. An
+    upstream response slower than ``min_rate`` bytes/s over ``min_rate_window`` seconds, or
+    silent for ``timeout`` seconds, is cut (slow retrieval).
     """
 
-    def __init__(self, origin: str, meter: Meter, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        origin: str,
+        meter: Meter,
+        *,
+        timeout: float = 30.0,
+        min_rate: int = 0,
+        min_rate_window: float = 30.0,
+    ) -> None:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise TransportError(f"{origin!r}: the update server must be an http(s) URL")
@@ -70,6 +81,8 @@ class Relay:
         self.origin = (parts.hostname, parts.port or default)
         self.meter = meter
         self.timeout = timeout
+        self.min_rate = min_rate
+        self.min_rate_window = min_rate_window
         self.errors: list[str] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -112,6 +125,25 @@ class Relay:
     def note(self, message: str) -> None:
         """Remember an upstream failure (the last few are kept)."""
         self.errors = [*self.errors[-9:], message]
+
+
+class _RateFloor:
+    """Raises when a response averages less than ``floor`` bytes/s over a whole window."""
+
+    def __init__(self, floor: int, window: float) -> None:
+        self.floor, self.window = floor, window
+        self.start, self.count = time.monotonic(), 0
+
+    def check(self, count: int, what: str) -> None:
+        self.count += count
+        elapsed = time.monotonic() - self.start
+        if self.floor and elapsed >= self.window:
+            if self.count / elapsed < self.floor:
+                raise TimeoutError(
+                    f"slow retrieval: {what} sent {self.count / elapsed:.0f} bytes/s over "
+                    f"{elapsed:.0f} s, below the minimum of {self.floor}"
+                )
+            self.start, self.count = time.monotonic(), 0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -181,14 +213,17 @@ class _Handler(BaseHTTPRequestHandler):
             response.read()
             return
         meter = self.relay.meter
+        rate = _RateFloor(self.relay.min_rate, self.relay.min_rate_window)
         try:
-            # read(n) marks the response done at its end, so the connection is reused; at a
-            # premature end it just returns b"", leaving ``length`` at what is missing.
-            while chunk := response.read(meter.chunk_size()):
+            # read1: whatever has arrived, so a trickling server is caught by the rate floor.
+            # At a premature end it returns b"", leaving ``length`` at what is missing.
+            while response.length != 0 and (chunk := response.read1(meter.chunk_size())):
                 self.wfile.write(chunk)
                 meter.add(len(chunk))
+                rate.check(len(chunk), target.path)
             if response.length:
                 raise http.client.IncompleteRead(b"", response.length)
+            response.close()  # done: the upstream connection takes the next request
         except (OSError, http.client.HTTPException) as e:
             # Cut the client off too: libostree sees a short body, not a corrupt object.
             self.relay.note(f"GET {target.path}: {e or type(e).__name__}")

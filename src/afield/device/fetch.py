@@ -244,7 +244,13 @@ def _pull_objects(
     options: FetchOptions,
 ) -> int:
     origin = f"{base}ostree"
-    with Relay(base, meter, timeout=policy.timeout) as relay:
+    with Relay(
+        base,
+        meter,
+        timeout=policy.timeout,
+        min_rate=policy.min_rate,
+        min_rate_window=policy.min_rate_window,
+    ) as relay:
 
         def attempt() -> int:
             try:

@@ -273,7 +273,9 @@ def _copy(
     started = time.monotonic()
     window_start, window_bytes = started, 0
     while True:
-        chunk = response.read(min(meter.chunk_size(), remaining + 1))
+        # read1: whatever has arrived (at least a byte), so the rate check below runs even
+        # when a server trickles bytes slower than a chunk fills.
+        chunk = response.read1(min(meter.chunk_size(), remaining + 1))
         if not chunk:
             break
         if len(chunk) > remaining:
