@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 
 from afield import __version__
-from afield.cli import blueprint, compose, demo, device, image, keys, release, repo
+from afield.cli import blueprint, compose, demo, device, fdo, image, keys, release, repo
 from afield.cli._output import err_console
 from afield.errors import AfieldError
 
@@ -32,6 +32,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(release.app, name="release")
 app.add_typer(device.app, name="device")
 app.add_typer(repo.app, name="repo")
+app.add_typer(fdo.app, name="fdo")
 app.command("compose")(compose.compose_command)
 app.command("demo")(demo.demo_command)
 

@@ -1,4 +1,4 @@
-"""FIDO Device Onboard 1.1: the pure protocol core (no I/O).
+"""FIDO Device Onboard 1.1: the protocol core, and the PKI that feeds it.
 
 - :mod:`afield.fdo.cbor`: bounded strict CBOR decoding (:class:`Limits`) and deterministic encoding.
 - :mod:`afield.fdo.types`, :mod:`afield.fdo.rendezvous`, :mod:`afield.fdo.eat`,
@@ -7,6 +7,8 @@
 - :mod:`afield.fdo.kex`: ECDH256/ECDH384/DHKEXid14/DHKEXid15 and the FDO KDF.
 - :mod:`afield.fdo.voucher`: ownership vouchers.
 - :mod:`afield.fdo.messages`: every DI/TO0/TO1/TO2/Error message.
+- :mod:`afield.fdo.pki`: manufacturer, device CA and owner keys and certificates on disk (the one
+  module here that touches files), device certificates, and device chain validation.
 
 Every decoder raises only :class:`FdoMessageError` (an :class:`afield.errors.MessageError`)
 carrying the FDO error code to answer with; failed checks raise :class:`VerifyError` /
