@@ -2,9 +2,12 @@
 
 1. Compose two versions of ``examples/gateway.toml`` (the second bumps the version and adds a
    package) into ``_demo/repo`` and print their package diff.
-2. Install 1.0.0 on a simulated device, boot it, stage 1.1.0 and boot into it.
-3. Compose a broken 1.2.0 (a required health check that fails), stage it and boot until the
-   device rolls itself back to 1.1.0.
+2. Sign them as releases (TUF keys in ``_demo/keys``; publishing 1.1.0 builds the static delta
+   from 1.0.0) and serve the repository on 127.0.0.1.
+3. Install 1.0.0 on a simulated device that trusts the repository's root, boot it, and let it
+   update itself over HTTP: TUF verification, the delta fetched and applied, staged, booted.
+4. Compose and publish a broken 1.2.0 (a required health check that fails); the device updates,
+   boots it until the boot counter runs out, and rolls itself back to 1.1.0.
 """
 
 from __future__ import annotations
@@ -22,8 +25,12 @@ from afield.cli._progress import StageProgress
 from afield.device.bootseq import boot_once
 from afield.device.lifecycle import Device
 from afield.device.status import device_status
+from afield.device.update import update
 from afield.errors import AfieldError
 from afield.image import diff_packages, image_info, open_repository
+from afield.release import init_repository, publish
+from afield.release.serve import running
+from afield.trust import Keyring
 
 if TYPE_CHECKING:
     from afield.compose import ComposeResult
@@ -80,6 +87,28 @@ def _boot(device: Device) -> None:
         console.print(f"    failed {check.name}: {check.output.strip()}")
 
 
+def _publish(repo: Path, keyring: Keyring, commit: str, *, deltas: int = 3) -> None:
+    release = publish(repo, keyring, commit, deltas=deltas)
+    built = ", ".join(
+        f"from {str(d['from'])[:12]} ({int(d['length']):,} bytes)" for d in release.deltas
+    )
+    console.print(
+        f"published {release.version} ({release.commit[:12]}); static deltas: {built or 'none'}"
+    )
+
+
+def _full_size(repo: Path, commit: str) -> int:
+    """What a whole image costs to download: the commit's objects, as stored on the server."""
+    return open_repository(repo).commit_size(commit)
+
+
+def _update(device: Device, url: str, *, full: int | None) -> None:
+    result = update(device, url)
+    how = "a static delta" if result.used_delta else f"{result.objects_fetched} objects"
+    share = f", {100 * result.bytes_downloaded / full:.1f}% of the whole image" if full else ""
+    console.print(f"  update: {result.reason}: {result.bytes_downloaded:,} bytes via {how}{share}")
+
+
 def demo_command(
     workdir: Path = typer.Option(Path("_demo"), "--workdir", help="Where the demo writes."),
     example: Path = typer.Option(
@@ -108,20 +137,29 @@ def demo_command(
         console.print(f"  [yellow]~[/] {change.name} {change.old} -> {change.new}")
     v3 = _compose(paths["1.2.0"], repo)
 
+    console.rule("signed releases, served on 127.0.0.1")
+    shutil.rmtree(workdir / "keys", ignore_errors=True)
+    keyring = Keyring.generate(workdir / "keys")
+    shutil.rmtree(repo / "tuf", ignore_errors=True)
+    init_repository(repo, keyring)
+    for result in (v1, v2):
+        _publish(repo, keyring, result.commit)
+
     console.rule("a device in the field (simulated sysroot)")
     sysroot = workdir / "device"
     shutil.rmtree(sysroot, ignore_errors=True)
-    device = Device.init(sysroot, "gateway")
+    device = Device.init(sysroot, "gateway", trust_root=repo / "tuf" / "root.json")
     device.install(repo, v1.commit)
     console.print(f"factory install of 1.0.0 into {sysroot}")
     _boot(device)
-    device.stage(repo, v2.commit)
-    console.print("staged 1.1.0")
-    _boot(device)
-    device.stage(repo, v3.commit)
-    console.print("staged 1.2.0 (its sensor check fails)")
-    for _ in range(4):
+    with running(repo) as url:
+        _update(device, url, full=_full_size(repo, v2.commit))
         _boot(device)
+        _publish(repo, keyring, v3.commit, deltas=1)
+        _update(device, url, full=None)
+        console.print("1.2.0's sensor check fails on every boot:")
+        for _ in range(4):
+            _boot(device)
     status = device_status(device)
     booted = status["booted"]
     console.rule("where the device ended")
