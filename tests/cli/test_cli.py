@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.conftest import EXAMPLE, afield
@@ -100,3 +102,19 @@ def test_the_cli_starts_without_builder_only_modules() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_cli_starts_without_server_packages() -> None:
+    # A device's image has afield's device extra only: importing the CLI (every command group)
+    # must not pull in uvicorn, FastAPI, Starlette or SQLAlchemy; servers import them when run.
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'uvicorn', 'fastapi', 'starlette', 'sqlalchemy'}:\n"
+        "            raise ImportError(f'server package {name} imported')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import afield.cli\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

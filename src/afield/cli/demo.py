@@ -29,7 +29,6 @@ from afield.device.update import update
 from afield.errors import AfieldError
 from afield.image import diff_packages, image_info, open_repository
 from afield.release import init_repository, publish
-from afield.release.serve import running
 from afield.trust import Keyring
 
 if TYPE_CHECKING:
@@ -136,6 +135,9 @@ def demo_command(
     for change in changes.changed:
         console.print(f"  [yellow]~[/] {change.name} {change.old} -> {change.new}")
     v3 = _compose(paths["1.2.0"], repo)
+
+    # Server-only code (uvicorn): imported when used, so `afield` starts on a device without it.
+    from afield.release.serve import running
 
     console.rule("signed releases, served on 127.0.0.1")
     shutil.rmtree(workdir / "keys", ignore_errors=True)
