@@ -23,14 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -39,9 +37,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import NotModifiedResponse, StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from afield import _serving
 from afield.errors import RepositoryError
 
-__all__ = ["ACCESS_LOGGER", "RepoMetrics", "bind", "create_repo_app", "run", "running", "url_of"]
+__all__ = ["ACCESS_LOGGER", "RepoMetrics", "create_repo_app", "run", "running"]
 
 ACCESS_LOGGER = "afield.repo.access"
 _STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -197,42 +196,6 @@ def create_repo_app(repo_dir: Path, *, metrics: RepoMetrics | None = None) -> St
     return app
 
 
-def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening TCP socket on ``host``:``port`` (0 picks a free port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as e:
-        sock.close()
-        raise RepositoryError(f"cannot listen on {host}:{port}: {e.strerror}") from e
-    sock.set_inheritable(True)
-    return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    """The base URL (ending in ``/``) of a bound socket."""
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-
-
-def _server(app: ASGIApp) -> uvicorn.Server:
-    config = uvicorn.Config(
-        app,
-        lifespan="off",
-        ws="none",
-        http="h11",
-        log_config=None,
-        access_log=False,
-        # libcurl (libostree) asks for an h2c upgrade on every request, and uvicorn warns each
-        # time; our own middleware logs every request, so only uvicorn's errors are wanted.
-        log_level="error",
-    )
-    return uvicorn.Server(config)
-
-
 def run(
     repo_dir: Path,
     *,
@@ -241,35 +204,22 @@ def run(
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve ``repo_dir`` in the foreground until interrupted; ``on_ready`` gets the base URL."""
-    app = create_repo_app(repo_dir)
-    sock = bind(host, port)
-    with sock:
-        if on_ready is not None:
-            on_ready(url_of(sock))
-        _server(app).run(sockets=[sock])
+    _serving.serve(
+        create_repo_app(repo_dir),
+        host=host,
+        port=port,
+        on_ready=None if on_ready is None else (lambda url: on_ready(f"{url}/")),
+    )
 
 
 @contextmanager
 def running(
     repo_dir: Path, *, host: str = "127.0.0.1", port: int = 0, app: ASGIApp | None = None
 ) -> Iterator[str]:
-    """Serve ``repo_dir`` from a background thread; yields the base URL, stops on exit.
+    """Serve ``repo_dir`` from a background thread; yields the base URL (ending in ``/``).
 
     ``app`` serves instead of :func:`create_repo_app` (e.g. the repository app wrapped in
     middleware that injects network faults, in tests).
     """
-    app = app or create_repo_app(repo_dir)
-    sock = bind(host, port)
-    server = _server(app)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        while not server.started and thread.is_alive():
-            time.sleep(0.01)
-        if not server.started:
-            raise RepositoryError(f"the repository server for {repo_dir} did not start")
-        yield url_of(sock)
-    finally:
-        server.should_exit = True
-        thread.join()
-        sock.close()
+    with _serving.running(app or create_repo_app(repo_dir), host=host, port=port) as url:
+        yield f"{url}/"
