@@ -14,6 +14,7 @@ from afield.device.bootseq import boot_once, healthcheck_booted
 from afield.device.lifecycle import Device
 from afield.device.status import device_status
 from afield.device.update import update as update_device
+from afield.fdo.client import manufacture as fdo_manufacture
 
 app = typer.Typer(
     help="Install, update, boot and roll back a device's sysroot.", no_args_is_help=True
@@ -118,6 +119,44 @@ def parse_rate(text: str) -> int:
             param_hint="--max-rate",
         )
     return int(value)
+
+
+@app.command("manufacture")
+def manufacture(
+    sysroot: Path = SysrootOption,
+    manufacturer: str = typer.Option(
+        ..., "--manufacturer", help="The manufacturer's DI server URL (afield fdo serve)."
+    ),
+    device_info: str = typer.Option(
+        "afield device", "--device-info", help="The model string written into the voucher."
+    ),
+    serial: str | None = typer.Option(None, "--serial", help="Serial number (default: random)."),
+    curve: str = typer.Option("P-384", "--curve", help="Device key curve: P-384 or P-256."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Device Initialize (FDO DI): get the device's credential; the factory keeps the voucher."""
+    device = Device.open(sysroot)
+    directory = device.state.directory / "fdo"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    credential = fdo_manufacture(
+        manufacturer,
+        directory / "credential.cbor",
+        device_info=device_info,
+        key_curve=curve,
+        serial_number=serial,
+    )
+    guid = str(credential.guid)
+    device.state.record("manufactured", guid=guid, device_info=credential.device_info)
+    if as_json:
+        print_json(
+            {
+                "guid": guid,
+                "device_info": credential.device_info,
+                "credential": str(directory / "credential.cbor"),
+            }
+        )
+        return
+    console.print(f"manufactured: device GUID {guid}; credential in {directory}", soft_wrap=True)
 
 
 @app.command("boot")

@@ -6,11 +6,15 @@ what it should be exits 2 naming it; a voucher that does not verify exits 1 nami
 Key fingerprints are the SHA-256 of the key's DER SubjectPublicKeyInfo, so the same key has the
 same fingerprint whatever encoding the voucher uses for it.
 
-What it leaves to others: the servers (``afield fdo serve``), DI, importing vouchers.
+``serve manufacturer`` runs the DI server (:mod:`afield.fdo.server`), imported only then, since a
+device's ``afield`` has no server packages.
+
+What it leaves to others: the rendezvous and owner servers, importing vouchers.
 """
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +31,11 @@ from afield.fdo.pki import (
     fingerprint,
     init_pki,
     load_certificate,
+    load_pki,
     load_private_key,
     verify_device_chain,
 )
+from afield.fdo.rendezvous import RendezvousDirective, RendezvousInfo, RvProtocol
 from afield.fdo.types import PublicKey
 from afield.fdo.voucher import OVEntryPayload
 
@@ -237,4 +243,70 @@ def extend(
         f"{result['owner_key']['fingerprint']}",
         soft_wrap=True,
         markup=False,
+    )
+
+
+serve_app = typer.Typer(help="Run the FDO servers.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+
+def parse_rendezvous(values: list[str]) -> RendezvousInfo:
+    """RendezvousInfo from ``HOST:PORT[/http|/https]`` values (a DNS name or an IP address)."""
+    directives: list[RendezvousDirective] = []
+    for value in values:
+        address, _, scheme = value.partition("/")
+        host, _, port_text = address.rpartition(":")
+        protocols = {"": RvProtocol.HTTP, "http": RvProtocol.HTTP, "https": RvProtocol.HTTPS}
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise typer.BadParameter(
+                f"{value!r}: expected HOST:PORT, optionally /http or /https, e.g. "
+                "rv.example.com:8040/https",
+                param_hint="--rendezvous",
+            )
+        if scheme not in protocols:
+            raise typer.BadParameter(
+                f"{value!r}: the protocol must be http or https", param_hint="--rendezvous"
+            )
+        port = int(port_text)
+        bare = host.strip("[]")
+        try:
+            ip_address(bare)
+            ip, dns = bare, None
+        except ValueError:
+            ip, dns = None, host
+        directives.append(
+            RendezvousDirective.build(
+                dns=dns, ip=ip, dev_port=port, owner_port=port, protocol=protocols[scheme]
+            )
+        )
+    return RendezvousInfo(tuple(directives))
+
+
+@serve_app.command("manufacturer")
+def serve_manufacturer(
+    pki: Path = typer.Option(..., "--pki", help="The PKI directory (afield fdo init)."),
+    db: str = typer.Option(
+        "sqlite:///fdo-manufacturer.db", "--db", help="Where vouchers are kept (SQLAlchemy URL)."
+    ),
+    rendezvous: list[str] = typer.Option(
+        [],
+        "--rendezvous",
+        help="Rendezvous server written into every voucher, HOST:PORT[/http|/https] (repeatable).",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8039, "--port", help="Port to listen on (0: any free port)."),
+) -> None:
+    """Serve Device Initialize (DI): devices get their credential, the voucher is stored."""
+    # Server-only code (Starlette, SQLAlchemy, uvicorn): imported when the server runs, so the
+    # `afield` command starts on a device, which has none of them.
+    from afield._serving import serve
+    from afield.fdo.server import ManufacturerSettings, SqlVoucherStore, create_manufacturer_app
+
+    settings = ManufacturerSettings(rv_info=parse_rendezvous(rendezvous))
+    app = create_manufacturer_app(load_pki(pki), SqlVoucherStore(db), settings)
+    serve(
+        app,
+        host=host,
+        port=port,
+        on_ready=lambda url: console.print(f"manufacturer (DI) serving on {url}", soft_wrap=True),
     )
