@@ -84,6 +84,8 @@ class Relay:
         self.min_rate = min_rate
         self.min_rate_window = min_rate_window
         self.errors: list[str] = []
+        self._upstreams: set[http.client.HTTPConnection] = set()
+        self._lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -116,6 +118,21 @@ class Relay:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = None
+        # Connections still held by handler threads (a client that has not hung up yet).
+        with self._lock:
+            upstreams, self._upstreams = self._upstreams, set()
+        for connection in upstreams:
+            connection.close()
+
+    def opened(self, connection: http.client.HTTPConnection) -> None:
+        """Track an upstream connection, so stopping the relay closes it."""
+        with self._lock:
+            self._upstreams.add(connection)
+
+    def closed(self, connection: http.client.HTTPConnection) -> None:
+        """Forget an upstream connection its handler closed."""
+        with self._lock:
+            self._upstreams.discard(connection)
 
     def allows(self, scheme: str, host: str | None, port: int | None) -> bool:
         """Whether a request for ``scheme://host:port`` goes to the update server."""
@@ -175,11 +192,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _connection(self, host: str, port: int) -> http.client.HTTPConnection:
         if self._upstream is None:
             self._upstream = http.client.HTTPConnection(host, port, timeout=self.relay.timeout)
+            self.relay.opened(self._upstream)
         return self._upstream
 
     def _drop(self) -> None:
         if self._upstream is not None:
             self._upstream.close()
+            self.relay.closed(self._upstream)
             self._upstream = None
 
     def _forward(self) -> None:
@@ -218,9 +237,11 @@ class _Handler(BaseHTTPRequestHandler):
             # read1: whatever has arrived, so a trickling server is caught by the rate floor.
             # At a premature end it returns b"", leaving ``length`` at what is missing.
             while response.length != 0 and (chunk := response.read1(meter.chunk_size())):
-                self.wfile.write(chunk)
+                # Counted (and paced) before it is passed on: once the client has a byte,
+                # the meter has it too.
                 meter.add(len(chunk))
                 rate.check(len(chunk), target.path)
+                self.wfile.write(chunk)
             if response.length:
                 raise http.client.IncompleteRead(b"", response.length)
             response.close()  # done: the upstream connection takes the next request
@@ -263,9 +284,9 @@ class _Handler(BaseHTTPRequestHandler):
                         data = source.recv(meter.chunk_size())
                         if not data:
                             return
+                        if source is upstream:
+                            meter.add(len(data))
                         cast(socket.socket, key.data).sendall(data)
                     except OSError as e:
                         self.relay.note(f"CONNECT {self.path}: {e}")
                         return
-                    if source is upstream:
-                        meter.add(len(data))
