@@ -38,6 +38,7 @@ class Faults:
         drip_prefix: responses under it trickle out, 64 bytes every 50 ms (~1.3 kB/s): never
             silent long enough for a read timeout, far too slow to finish.
         requests: ``(path, range header)`` of every request, in order.
+        completed: paths whose response body went out whole, in order.
         sent: body bytes sent.
     """
 
@@ -49,6 +50,7 @@ class Faults:
     stall_prefix: str | None = None
     drip_prefix: str | None = None
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
     sent: int = 0
     cuts: int = 0
     released: bool = False
@@ -106,6 +108,10 @@ class Faults:
                     await send(partial)
                     raise _Cut
                 self.sent += len(body)
+                await send(message)
+                if not message.get("more_body", False):
+                    self.completed.append(path)
+                return
             await send(message)
 
         return counting
