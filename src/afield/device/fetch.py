@@ -178,7 +178,7 @@ def fetch_commit(
     if options.max_rate is not None and policy.min_rate > options.max_rate // 2:
         # A capped download must not look like a slow retrieval.
         policy = dataclasses.replace(policy, min_rate=max(1, options.max_rate // 2))
-    if repo.has_commit(release.commit) and not _partial(repo, release.commit):
+    if repo.has_complete_commit(release.commit):
         return FetchResult(bytes_downloaded=0, objects_fetched=0, used_delta=False)
     delta_error: str | None = None
     if options.use_deltas:
@@ -191,11 +191,6 @@ def fetch_commit(
             delta_error = e.message
     objects = _pull_objects(repo, base, release, meter, policy, options)
     return FetchResult(meter.total, objects, used_delta=False, delta_error=delta_error)
-
-
-def _partial(repo: Repo, commit: str) -> bool:
-    # libostree marks a commit whose objects are not all here with a commitpartial file.
-    return (repo.path / "state" / f"{commit}.commitpartial").exists()
 
 
 def _choose(deltas: list[DeltaRef], have: Sequence[str], limit: int) -> DeltaRef | None:

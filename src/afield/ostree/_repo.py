@@ -242,6 +242,16 @@ class Repo:
             raise RepositoryError(f"{self.path}: cannot look up {checksum}: {e.message}") from e
         return bool(have)
 
+    def has_complete_commit(self, checksum: str) -> bool:
+        """Whether the commit and every object it needs are here (not an interrupted pull)."""
+        if not self.has_commit(checksum):
+            return False
+        try:
+            _, _, state = self._repo.load_commit(checksum)
+        except GLib.Error as e:
+            raise RepositoryError(f"{self.path}: cannot load commit {checksum}: {e.message}") from e
+        return not state & OSTree.RepoCommitState.PARTIAL
+
     def commits(self) -> list[str]:
         """Checksums of every commit object in the repository."""
         try:
