@@ -4,7 +4,9 @@
 or database on devices): ``POST {base}/fdo/101/msg/{n}`` with ``Content-Type: application/cbor``
 and ``Message-Type``, keeps the ``Authorization`` value the server's first answer carries and
 echoes it, bounds every answer's size, and turns an Error message (type 255) into
-:class:`ServerError` naming the code, the message and the server's correlation id.
+:class:`ServerError` naming the code, the message and the server's correlation id. Given TO2's
+session cipher it encrypts the body and decrypts the answer (Error messages are never
+encrypted).
 
 :func:`manufacture` runs DI: it makes the device key (EC, P-384 by default), sends DI.AppStart
 with DeviceMfgInfo ``[KeyType, KeyEncoding (X509), SerialNumber, DeviceInfo, CSR]`` (the form of
@@ -14,8 +16,9 @@ P-256), sends DI.SetHMAC and, once DI.Done arrives, writes the private key and t
 :class:`~afield.fdo.credential.DeviceCredential` (the specification's layout), each atomically
 and mode 0600. Nothing is written before DI.Done: a DI that fails leaves no credential.
 
-What it leaves to others: TO1/TO2 (later in this module), where the credential lives
-(``/var/lib/afield/`` of a sysroot: the device agent and CLI), DIUN, TLS trust settings.
+What it leaves to others: TO1 and TO2 (:mod:`afield.fdo.to1`, :mod:`afield.fdo.to2`), where the
+credential lives (``/var/lib/afield/`` of a sysroot: the device agent and CLI), DIUN, TLS trust
+settings.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from afield.errors import FdoError, ProtocolError, TransportError
 from afield.fdo._errors import ErrorCode, FdoMessageError
 from afield.fdo.cbor import Limits, decode, encode
 from afield.fdo.credential import DeviceCredential
+from afield.fdo.kex import Session
 from afield.fdo.messages import (
     MESSAGES,
     DIAppStart,
@@ -106,8 +110,24 @@ class Transport:
         self.authorization: str | None = None
         self._pool = pool or urllib3.PoolManager()
 
-    def send(self, message: Message, expect: type[Message]) -> Message:
+    def send(
+        self,
+        message: Message,
+        expect: type[Message],
+        *,
+        cipher: Session | None = None,
+        plain_request: bool = False,
+    ) -> Message:
         """Send ``message`` and return the server's answer, which must be of type ``expect``.
+
+        Args:
+            message: what to send.
+            expect: the message type the answer must be.
+            cipher: TO2's session cipher: the body goes out as a COSE_Encrypt0 and the answer
+                is decrypted before it is decoded.
+            plain_request: with ``cipher``, send the body in the clear and decrypt only the
+                answer (TO2.ProveDevice, whose answer TO2.SetupDevice is the first encrypted
+                message).
 
         Raises:
             ServerError: the server answered with an Error message.
@@ -115,8 +135,12 @@ class Transport:
                 FDO message (another HTTP status, an oversized body).
             FdoMessageError: the answer does not decode as ``expect``.
             ProtocolError: the answer is of another message type (code MESSAGE_BODY_ERROR).
+            VerifyError: with ``cipher``, the answer does not decrypt.
         """
         url = f"{self.base_url}/fdo/{PROTOCOL_VERSION}/msg/{message.MSG_TYPE}"
+        payload = message.encode()
+        if cipher is not None and not plain_request:
+            payload = cipher.encrypt(payload)
         headers = {"Content-Type": _CBOR, "Message-Type": str(message.MSG_TYPE)}
         if self.authorization is not None:
             headers["Authorization"] = self.authorization
@@ -124,7 +148,7 @@ class Transport:
             response = self._pool.request(
                 "POST",
                 url,
-                body=message.encode(),
+                body=payload,
                 headers=headers,
                 timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
                 retries=False,
@@ -155,6 +179,8 @@ class Transport:
                 f"({expect.MSG_TYPE})",
                 code=ErrorCode.MESSAGE_BODY_ERROR,
             )
+        if cipher is not None:
+            body = cipher.decrypt(body, self.limits)
         answer = expect.decode(body, self.limits)
         authorization = response.headers.get("Authorization")
         if authorization:

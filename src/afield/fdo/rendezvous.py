@@ -8,7 +8,17 @@ sends ``[RVVariable]`` (what go-fdo and fido-device-onboard-rs send).
 ``RVTO2Addr = [+ RVTO2AddrEntry]``, ``RVTO2AddrEntry = [RVIP: IPAddress / null, RVDNS: tstr /
 null, RVPort: uint16, RVProtocol: TransportProtocol]``.
 
-What it leaves to others: trying the directives in order with their delays (the device client).
+Where a directive sends an owner (TO0) or a device (TO1) is :meth:`RendezvousDirective.urls`
+(:func:`owner_rv_urls` gathers the owner's over a RendezvousInfo):
+one base URL per RVDns and RVIPAddress (DNS first), the port from RVOwnerPort (owner) or
+RVDevPort (device), else the protocol's well-known port (http 80, https 443). RVProtocol http
+and https map to their schemes; rest means "the first supported of https, http" and gives both,
+https first. Tolerance: the specification's default protocol, when RVProtocol is absent, is
+TLS, and afield's one binding is HTTP, so an absent RVProtocol and an explicit tls are read as
+https; tcp and the CoAP protocols give no URL (afield has no such binding).
+
+What it leaves to others: trying the directives in order with their delays (the device client,
+:mod:`afield.fdo.to1`; the owner, :mod:`afield.fdo.to0`).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ __all__ = [
     "RvTo2AddrEntry",
     "RvVar",
     "TransportProtocol",
+    "owner_rv_urls",
 ]
 
 
@@ -89,6 +100,17 @@ class TransportProtocol(IntEnum):
 
 
 _FLAGS = frozenset({RvVar.DEV_ONLY, RvVar.OWNER_ONLY, RvVar.BYPASS})
+
+_SCHEMES: dict[int | None, tuple[str, ...]] = {
+    None: ("https",),
+    RvProtocol.TLS: ("https",),
+    RvProtocol.HTTPS: ("https",),
+    RvProtocol.HTTP: ("http",),
+    RvProtocol.REST: ("https", "http"),
+}
+"""URL schemes per RVProtocol (see the module docstring); protocols not listed give none."""
+
+_WELL_KNOWN_PORTS = {"http": 80, "https": 443}
 
 
 def _check_value(var: int, value: Any, where: str) -> Any:
@@ -256,6 +278,30 @@ class RendezvousDirective:
         """RVOwnerOnly: only the owner uses this directive."""
         return self.get(RvVar.OWNER_ONLY) is True
 
+    @property
+    def bypass(self) -> bool:
+        """RVBypass: the address is the owner's (TO2), not a rendezvous server's."""
+        return self.get(RvVar.BYPASS) is True
+
+    def urls(self, *, owner: bool = False) -> list[str]:
+        """The base URLs (``scheme://host:port``) this directive names, DNS name first.
+
+        Args:
+            owner: True for the owner's view (RVOwnerPort), False for the device's (RVDevPort).
+                Whether the directive applies to that side at all (RVDevOnly, RVOwnerOnly,
+                RVBypass) is the caller's question.
+        """
+        port = self.owner_port if owner else self.dev_port
+        hosts = [self.dns] if self.dns is not None else []
+        if self.ip is not None:
+            hosts.append(f"[{self.ip}]" if ":" in self.ip else self.ip)
+        schemes = _SCHEMES.get(self.get(RvVar.PROTOCOL), ())
+        return [
+            f"{scheme}://{host}:{port if port is not None else _WELL_KNOWN_PORTS[scheme]}"
+            for scheme in schemes
+            for host in hosts
+        ]
+
     def to_cbor(self) -> list[Any]:
         """``[+ RendezvousInstr]``."""
         return [instr.to_cbor() for instr in self.instructions]
@@ -305,6 +351,19 @@ class RendezvousInfo:
         return cls(
             tuple(RendezvousDirective.from_cbor(f, f"{where}[{i}]") for i, f in enumerate(fields))
         )
+
+
+def owner_rv_urls(rv_info: RendezvousInfo) -> list[str]:
+    """The base URLs of the rendezvous servers an owner registers with (TO0), in order.
+
+    Every directive but the RVDevOnly ones and the RVBypass ones (they name the owner itself,
+    not a rendezvous server), with RVOwnerPort; a URL named twice is listed once.
+    """
+    urls: list[str] = []
+    for directive in rv_info.for_owner():
+        if not directive.bypass:
+            urls.extend(u for u in directive.urls(owner=True) if u not in urls)
+    return urls
 
 
 @dataclass(frozen=True)

@@ -172,6 +172,11 @@ class Voucher:
             return self.header.manufacturer_key
         return OVEntryPayload.from_cbor(decode(self.entries[-1].payload)).public_key
 
+    def owner_keys(self) -> list[PublicKey]:
+        """Every owner in order: the manufacturer, then each entry's key (unverified)."""
+        entries = [OVEntryPayload.from_cbor(decode(e.payload)).public_key for e in self.entries]
+        return [self.header.manufacturer_key, *entries]
+
     def _prev_hash(self, alg: HashAlg, index: int) -> Hash:
         if index == 0:
             return Hash.of(alg, self.header_bytes, encode(self.header_hmac.to_cbor()))

@@ -32,8 +32,16 @@ hash and write to a database). The text of a :class:`~afield.errors.MessageError
 :class:`~afield.errors.ProtocolError` they raise is sent to the peer, so it must name fields and
 checks, never key material; any other exception is an internal error.
 
+Two things a handler may set on its session, for TO2: ``next_step``, the message type that must
+come next instead of the protocol's following step (TO2.GetOVNextEntry once per voucher entry,
+none for a voucher without entries, TO2.DeviceServiceInfo until the owner is done); and
+``cipher``, the session's :class:`afield.fdo.kex.Session`, after which every request body is
+decrypted before it is decoded and every answer is encrypted (TO2 from TO2.SetupDevice on). A
+body that does not decrypt is refused with INVALID_MESSAGE_ERROR; Error messages are never
+encrypted.
+
 What it leaves to others: what each message means (the protocol servers, e.g.
-:mod:`afield.fdo.server.manufacturer`), TLS (a reverse proxy), encryption of TO2 messages.
+:mod:`afield.fdo.server.manufacturer`), TLS (a reverse proxy), TO2's key exchange.
 """
 
 from __future__ import annotations
@@ -47,12 +55,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from afield.errors import MessageError, ProtocolError
+from afield.fdo import kex
 from afield.fdo._errors import ErrorCode
 from afield.fdo.cbor import Limits
 from afield.fdo.messages import MESSAGES, ErrorMessage, Message, decode_message
@@ -113,7 +123,11 @@ class BindingSettings:
 
 @dataclass
 class Session:
-    """One run of a protocol with one client; ``state`` is the protocol's own scratch space."""
+    """One run of a protocol with one client; ``state`` is the protocol's own scratch space.
+
+    A handler may set ``next_step`` (the message type that must come next, instead of the
+    protocol's following step) and ``cipher`` (encrypt answers and decrypt requests from now on).
+    """
 
     token: str
     protocol: Protocol
@@ -121,6 +135,8 @@ class Session:
     expires: float
     state: dict[str, Any] = field(default_factory=dict)
     busy: bool = False
+    next_step: int | None = None
+    cipher: kex.Session | None = field(default=None, repr=False)
 
 
 Handler = Callable[[Message, Session], Message]
@@ -254,6 +270,26 @@ class FdoEndpoint:
         """The Starlette route to mount at the application's root."""
         return [Route(f"/fdo/{PROTOCOL_VERSION}/msg/{{n}}", self.handle, methods=["POST"])]
 
+    def app(self, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+        """A whole FDO server: the protocol endpoint, ``/healthz``, ``/metrics`` and
+        ``extra_routes``; ``app.state.fdo`` is this endpoint."""
+
+        async def healthz(request: Request) -> Response:
+            return PlainTextResponse("ok\n")
+
+        async def prometheus(request: Request) -> Response:
+            return PlainTextResponse(self.metrics.exposition(), media_type=_METRICS_TYPE)
+
+        routes = [
+            *self.routes(),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+            *extra_routes,
+        ]
+        app = Starlette(routes=routes)
+        app.state.fdo = self
+        return app
+
     # --- sessions ------------------------------------------------------------------------
 
     def _sweep(self, now: float) -> None:
@@ -306,8 +342,9 @@ class FdoEndpoint:
 
     def _release(self, session: Session, msg_type: int, *, failed: bool) -> None:
         with self._lock:
-            following = None if failed else session.protocol.after(msg_type)
-            if following is None:
+            following = session.next_step or session.protocol.after(msg_type)
+            session.next_step = None
+            if failed or following is None:
                 self._sessions.pop(session.token, None)
             else:
                 session.expected = following
@@ -364,7 +401,7 @@ class FdoEndpoint:
         code: int | None = None
         cid: int | None = None
         try:
-            answer, token = await self._process(request, msg_type)
+            answer, body, token = await self._process(request, msg_type)
         except _Refused as e:
             code, text = e.code, e.text
         except (MessageError, ProtocolError) as e:
@@ -377,7 +414,7 @@ class FdoEndpoint:
         if code is None:
             answered = answer.MSG_TYPE
             response = Response(
-                answer.encode(),
+                body,
                 status_code=200,
                 media_type=CBOR_TYPE,
                 headers={"Message-Type": str(answered), "Authorization": f"Bearer {token}"},
@@ -407,8 +444,9 @@ class FdoEndpoint:
         log.info(json.dumps(entry, sort_keys=True))
         return response
 
-    async def _process(self, request: Request, msg_type: int | None) -> tuple[Message, str]:
-        """The answer to a message and the session's token; raises what the peer is told."""
+    async def _process(self, request: Request, msg_type: int | None) -> tuple[Message, bytes, str]:
+        """The answer, its body (encrypted once the session has a cipher) and the session's
+        token; raises what the peer is told."""
         step = self._steps.get(msg_type) if msg_type is not None else None
         if msg_type is None or step is None:
             shown = request.path_params.get("n", "")[:8]
@@ -434,9 +472,21 @@ class FdoEndpoint:
         failed = True
         try:
             if msg_type != opener:
-                message = decode_message(msg_type, await self._body(request), self._limits)
+                body = await self._body(request)
+                if session.cipher is not None:
+                    body = session.cipher.decrypt(body, self._limits)
+                message = decode_message(msg_type, body, self._limits)
             answer = await run_in_threadpool(step.handler, message, session)
+            if session.next_step is not None and session.next_step not in self._steps_of(protocol):
+                raise ValueError(f"{protocol.name} has no step {session.next_step}")
+            answer_body = answer.encode()
+            if session.cipher is not None:
+                answer_body = session.cipher.encrypt(answer_body)
             failed = False
         finally:
             self._release(session, msg_type, failed=failed)
-        return answer, session.token
+        return answer, answer_body, session.token
+
+    @staticmethod
+    def _steps_of(protocol: Protocol) -> list[int]:
+        return [step.msg_type for step in protocol.steps]

@@ -41,9 +41,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
 from afield.errors import ProtocolError
 from afield.fdo import _check as check
@@ -60,7 +57,6 @@ from afield.fdo.voucher import OVHeader, Voucher, cert_chain_hash
 
 __all__ = ["DeviceMfgInfo", "ManufacturerSettings", "create_manufacturer_app"]
 
-_METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _WHERE = "DeviceMfgInfo"
 
 
@@ -219,18 +215,4 @@ def create_manufacturer_app(
         (Step(DIAppStart.MSG_TYPE, steps.app_start), Step(DISetHMAC.MSG_TYPE, steps.set_hmac)),
     )
     endpoint = FdoEndpoint([di], settings.binding)
-
-    async def healthz(request: Request) -> Response:
-        return PlainTextResponse("ok\n")
-
-    async def prometheus(request: Request) -> Response:
-        return PlainTextResponse(endpoint.metrics.exposition(), media_type=_METRICS_TYPE)
-
-    routes = [
-        *endpoint.routes(),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", prometheus, methods=["GET"]),
-    ]
-    app = Starlette(routes=routes)
-    app.state.fdo = endpoint
-    return app
+    return endpoint.app()

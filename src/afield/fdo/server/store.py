@@ -149,10 +149,14 @@ class SqlVoucherStore:
 
     def guids(self) -> list[Guid]:
         """Every stored GUID, oldest first."""
+        return [stored.guid for stored in self.vouchers()]
+
+    def vouchers(self) -> list[StoredVoucher]:
+        """Every stored voucher, oldest first."""
         try:
             with Session(self.engine) as session:
                 rows = session.scalars(select(_VoucherRow).order_by(_VoucherRow.created)).all()
-                return [self._stored(row).guid for row in rows]
+                return [self._stored(row) for row in rows]
         except SQLAlchemyError as e:
             raise StoreError(f"cannot read the voucher store: {type(e).__name__}") from e
 
