@@ -12,6 +12,7 @@ from afield.cli._output import console, err_console, print_json
 from afield.cli._progress import DownloadProgress
 from afield.device.bootseq import boot_once, healthcheck_booted
 from afield.device.lifecycle import Device
+from afield.device.onboard import OnboardOptions, onboard
 from afield.device.status import device_status
 from afield.device.update import update as update_device
 from afield.fdo.client import manufacture as fdo_manufacture
@@ -159,6 +160,43 @@ def manufacture(
     console.print(f"manufactured: device GUID {guid}; credential in {directory}", soft_wrap=True)
 
 
+@app.command("onboard")
+def onboard_command(
+    sysroot: Path = SysrootOption,
+    rounds: int = typer.Option(
+        3, "--rounds", min=1, help="Passes over the rendezvous directives before giving up."
+    ),
+    retry_wait: float = typer.Option(
+        120.0, "--retry-wait", min=0, help="Seconds between passes (the FDO spec's 120, ±25%)."
+    ),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds per answer."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Zero-touch onboarding (FDO TO1 + TO2): find the owner, take what it hands over."""
+    options = OnboardOptions(rounds=rounds, retry_wait=retry_wait, timeout=timeout)
+    result = onboard(Device.open(sysroot), options)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    handoff = result.handoff
+    console.print(
+        f"onboarded: owner {result.owner_url}, device GUID {result.guid} -> {result.new_guid} "
+        f"in {result.seconds:.2f} s",
+        soft_wrap=True,
+        markup=False,
+    )
+    console.print(f"  fleet manager {handoff['fleet_url'] or '-'}", soft_wrap=True, markup=False)
+    given = [
+        "an enrollment token" if handoff["enrollment_token"] else "",
+        "the update repository's TUF root" if handoff["tuf_root_sha256"] else "",
+        f"{handoff['ssh_keys']} SSH keys" if handoff["ssh_keys"] else "",
+        f"{len(handoff['files'])} files" if handoff["files"] else "",
+    ]
+    console.print(f"  received {', '.join(g for g in given if g) or 'nothing else'}")
+    for failure in result.attempts:
+        console.print(f"  after a failed attempt: {failure}", soft_wrap=True, markup=False)
+
+
 @app.command("boot")
 def boot(sysroot: Path = SysrootOption, as_json: bool = JsonOption) -> None:
     """Power the simulated device on once: firmware, health checks, and their outcome."""
@@ -206,6 +244,11 @@ def status(sysroot: Path = SysrootOption, as_json: bool = JsonOption) -> None:
         value = data[key]
         text = f"{value['version']} {value['checksum'][:12]}" if value else "-"
         console.print(f"{key:9} {text}")
+    onboarding = data["onboarding"]
+    if onboarding:
+        done = "onboarded" if onboarding.get("completed") else "not onboarded"
+        fleet = f", fleet {onboarding['fleet_url']}" if onboarding.get("fleet_url") else ""
+        console.print(f"fdo       {onboarding.get('guid')} {done}{fleet}", markup=False)
     console.print(
         f"counter   boot_counter={data['boot_counter']} boot_success={data['boot_success']}"
     )

@@ -1,10 +1,12 @@
-"""A device's status as one JSON-ready dict: deployments, boot counter, last boot, events."""
+"""A device's status as one JSON-ready dict: deployments, boot counter, last boot, onboarding,
+events."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from afield.device.lifecycle import Device
+from afield.device.onboard import onboarding_status
 from afield.errors import DeviceError
 from afield.ostree import Deployment
 
@@ -54,5 +56,6 @@ def device_status(device: Device, *, events: int = 50) -> dict[str, Any]:
         "boot_success": None if env is None else env.get("boot_success"),
         "grubenv_error": env_error,
         "last_boot": state.get("last_boot"),
+        "onboarding": onboarding_status(device),
         "events": device.state.events()[-events:],
     }
