@@ -422,7 +422,12 @@ def serve_rendezvous(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8040, "--port", help="Port to listen on (0: any free port)."),
 ) -> None:
-    """Serve TO0 (owners register devices) and TO1 (devices find their owner)."""
+    """Serve TO0 (owners register devices) and TO1 (devices find their owner).
+
+    After TO2 an owner registers the device's replacement voucher, whose header carries the
+    owner's key where the manufacturer's was: trust the owners' certificates here too, or a
+    device that onboards again finds no owner.
+    """
     from afield._serving import serve
     from afield.fdo.server import RendezvousSettings, SqlRendezvousStore, create_rendezvous_app
 

@@ -29,7 +29,6 @@ protocols themselves (:mod:`afield.fdo.to1`, :mod:`afield.fdo.to2`).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import random
 import time
@@ -40,7 +39,7 @@ from typing import Any
 
 from afield.device.lifecycle import Device
 from afield.device.state import atomic_write
-from afield.errors import DeviceError, FdoError
+from afield.errors import DeviceError, FdoError, TransportError
 from afield.fdo.cbor import decode, encode
 from afield.fdo.credential import DeviceCredential
 from afield.fdo.modules import AFIELD, DOWNLOAD, DeviceModules, Handoff
@@ -166,7 +165,7 @@ class _Attempt:
                 timeout=self.options.timeout,
             )
             handoff = modules.handoff()
-        except FdoError as e:
+        except (FdoError, TransportError) as e:
             self.failures.append(f"TO2 {url}: {e}")
             return None
         _keep(self.device, handoff, result.credential)
@@ -183,7 +182,7 @@ class _Attempt:
             return self.owner(url, None, None)
         try:
             found = find_owner(url, self.credential, self.key, timeout=self.options.timeout)
-        except FdoError as e:
+        except (FdoError, TransportError) as e:
             self.failures.append(f"TO1 {url}: {e}")
             return None
         for owner in owner_urls(found.addrs):
@@ -192,18 +191,23 @@ class _Attempt:
                 return result
         return None
 
+    def _wait(self, seconds: float) -> None:
+        if seconds > 0:
+            self.options.sleep(_jitter(seconds))
+
     def rounds(self, rv_info: RendezvousInfo) -> OnboardResult:
         targets = device_rv_targets(rv_info)
         if not targets:
             raise DeviceError("the credential's RendezvousInfo has no directive for devices")
         for round_ in range(self.options.rounds):
             if round_:
-                self.options.sleep(_jitter(self.options.retry_wait))
-            for target in targets:
+                self._wait(self.options.retry_wait)
+            for index, target in enumerate(targets):
                 result = self.directive(target.url, target.bypass)
                 if result is not None:
                     return result
-                self.options.sleep(_jitter(target.delay))
+                if index < len(targets) - 1:
+                    self._wait(target.delay)
         shown = "; ".join(self.failures[-4:])
         raise DeviceError(
             f"onboarding failed after {self.options.rounds} passes over "
@@ -240,8 +244,7 @@ def _stateroot_var(device: Device) -> Path:
 
 def _write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, data, point=f"onboard:{path.name}")
-    os.chmod(path, mode)
+    atomic_write(path, data, point=f"onboard:{path.name}", mode=mode)
 
 
 def _authorized_keys(path: Path, keys: tuple[str, ...]) -> None:

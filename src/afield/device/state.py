@@ -29,11 +29,14 @@ __all__ = ["DeviceState", "atomic_write"]
 MAX_JOURNAL_LINE = 256 * 1024
 
 
-def atomic_write(path: Path, data: bytes, *, point: str) -> None:
-    """Replace ``path`` with ``data`` so a power cut leaves the old or the new content."""
+def atomic_write(path: Path, data: bytes, *, point: str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so a power cut leaves the old or the new content; the
+    file has ``mode`` from its first byte (a secret is never readable by others, not even
+    for a moment)."""
     temp = path.with_name(f".{path.name}.new")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, mode)
         os.write(fd, data)
         os.fsync(fd)
     finally:

@@ -44,13 +44,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import DateTime, LargeBinary, String, Text, create_engine, or_, select
+from sqlalchemy import DateTime, LargeBinary, String, Text, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from afield.fdo._errors import FdoMessageError
-from afield.fdo.server.store import StoreError, VoucherExistsError
+from afield.fdo.server.store import StoreError, VoucherExistsError, open_engine
 from afield.fdo.types import Guid, PublicKey, PublicKeyType
 from afield.fdo.voucher import Voucher
 
@@ -180,7 +180,7 @@ class SqlOwnerStore:
     ) -> None:
         self.owner_key = owner_key
         try:
-            self.engine = engine if engine is not None else create_engine(url)
+            self.engine = engine if engine is not None else open_engine(url)
             metadata.create_all(self.engine)
         except SQLAlchemyError as e:
             raise StoreError(f"cannot open the owner's voucher store: {type(e).__name__}") from e

@@ -26,11 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from afield.errors import FdoError
+from afield.errors import FdoError, TransportError
 from afield.fdo.cose import SigningKey
 from afield.fdo.rendezvous import RvTo2Addr
 from afield.fdo.server.owner_store import OwnerStore
 from afield.fdo.to0 import owner_rv_urls, register
+from afield.fdo.types import PublicKey
 from afield.fdo.voucher import Voucher
 
 __all__ = ["Registrar", "Registration"]
@@ -96,10 +97,23 @@ class Registrar:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    def _fit_margin(self, granted: int) -> None:
+        # A server that grants less than asked would otherwise leave every registration
+        # inside the margin, and each pass would register everything again.
+        self.margin = min(self.margin, datetime.timedelta(seconds=granted / 2))
+
+    def _as_owner(self, voucher: Voucher) -> Voucher:
+        """The voucher as TO0 needs it: a replacement voucher from TO2 has no entries (the
+        owner's key is its header's), so it is extended to the owner itself first."""
+        if voucher.entries:
+            return voucher
+        return voucher.extend(self.owner_key, PublicKey.from_key(self.owner_key.public_key()))
+
     def register_one(self, voucher: Voucher) -> Registration:
         """TO0 for one voucher with every owner rendezvous server it names; records the end."""
         if self.to2_addrs is None:
             raise FdoError("the owner's TO2 address is not known yet: nothing to register")
+        voucher = self._as_owner(voucher)
         guid, to2_addrs = voucher.header.guid, self.to2_addrs
         ends: list[datetime.datetime] = []
         servers: list[str] = []
@@ -114,9 +128,10 @@ class Registrar:
                     self.wait_seconds,
                     timeout=self.timeout,
                 )
-            except FdoError as e:
+            except (FdoError, TransportError) as e:
                 errors.append(f"{url}: {e}")
                 continue
+            self._fit_margin(granted)
             servers.append(url)
             ends.append(self.clock() + datetime.timedelta(seconds=granted))
         until = min(ends) if ends else None

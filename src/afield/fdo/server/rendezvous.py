@@ -67,7 +67,7 @@ from typing import Any, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from sqlalchemy import DateTime, LargeBinary, String, create_engine, delete
+from sqlalchemy import DateTime, LargeBinary, String, delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -95,7 +95,7 @@ from afield.fdo.messages import (
 from afield.fdo.pki import fingerprint
 from afield.fdo.server.binding import BindingSettings, FdoEndpoint, Session, Step
 from afield.fdo.server.binding import Protocol as FdoProtocol
-from afield.fdo.server.store import StoreError
+from afield.fdo.server.store import StoreError, open_engine
 from afield.fdo.types import Guid, HashAlg, Nonce, PublicKey, PublicKeyType, SigInfo, SigType
 from afield.fdo.voucher import Voucher
 
@@ -224,7 +224,7 @@ class SqlRendezvousStore:
 
     def __init__(self, url: str = "sqlite:///fdo-rendezvous.db", *, engine: Engine | None = None):
         try:
-            self.engine = engine if engine is not None else create_engine(url)
+            self.engine = engine if engine is not None else open_engine(url)
             metadata.create_all(self.engine)
         except SQLAlchemyError as e:
             raise StoreError(f"cannot open the rendezvous store: {type(e).__name__}") from e

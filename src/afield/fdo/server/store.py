@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import DateTime, LargeBinary, String, Text, create_engine, select
+from sqlalchemy import DateTime, LargeBinary, String, Text, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -34,6 +34,7 @@ __all__ = [
     "StoredVoucher",
     "VoucherExistsError",
     "VoucherStore",
+    "open_engine",
 ]
 
 
@@ -76,6 +77,26 @@ class VoucherStore(Protocol):
         ...
 
 
+def open_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get WAL and ``synchronous=NORMAL``.
+
+    In WAL mode readers do not wait for the writer and a commit costs one fsync of the log
+    instead of two of the database and its journal; with ``NORMAL`` a power cut may lose the
+    last commits but never corrupts the file. Every FDO store opens its engine here.
+    """
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection: Any, record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+    return engine
+
+
 class _Base(DeclarativeBase):
     pass
 
@@ -109,7 +130,7 @@ class SqlVoucherStore:
 
     def __init__(self, url: str = "sqlite:///fdo-manufacturer.db", *, engine: Engine | None = None):
         try:
-            self.engine = engine if engine is not None else create_engine(url)
+            self.engine = engine if engine is not None else open_engine(url)
             metadata.create_all(self.engine)
         except SQLAlchemyError as e:
             raise StoreError(f"cannot open the voucher store: {type(e).__name__}") from e
