@@ -27,6 +27,7 @@ bench: bootstrap
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/device.py
 	$(PY) benchmarks/wire.py
+	$(PY) benchmarks/fdo.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache _demo
