@@ -1,11 +1,10 @@
 """Benchmark zero-touch onboarding: TO1 + TO2 with afield's service info, on 127.0.0.1.
 
-Set-up (untimed): a PKI, a manufacturer DI server in this process, N devices made by real DI
-(P-384 keys, the RendezvousInfo pointing at the rendezvous server), their vouchers extended to
-the owner. A second process runs the rendezvous server (TO0/TO1) and the owner server (TO2)
-on uvicorn with SQLite files, imports the vouchers and registers them all (TO0) before the clock
-starts; the owner hands each device the fleet URL, a fresh enrollment token, a 2 KiB TUF root,
-an SSH key and a 4 KiB file.
+Set-up (untimed): a second process runs a whole FDO site (:mod:`afield.fdo.server.site`: the
+manufacturer, the rendezvous server and the owner on uvicorn with SQLite files); N devices are
+made by real DI (P-384 keys), then the site sells every voucher to the owner, which imports and
+registers it (TO0) before the clock starts. The owner hands each device the fleet URL, a fresh
+enrollment token, a 2 KiB TUF root, an SSH key and a 4 KiB file.
 
 Figures (:func:`time.perf_counter`):
 
@@ -43,24 +42,14 @@ import urllib3
 from rich.console import Console
 from rich.table import Table
 
-from afield._serving import running
 from afield.fdo.cbor import decode
 from afield.fdo.client import manufacture
 from afield.fdo.credential import DeviceCredential
 from afield.fdo.modules import AFIELD, DOWNLOAD, DeviceModules, DownloadFile, Handoff
-from afield.fdo.pki import init_pki, load_pki, load_private_key
-from afield.fdo.rendezvous import (
-    RendezvousDirective,
-    RendezvousInfo,
-    RvProtocol,
-    RvTo2Addr,
-    RvTo2AddrEntry,
-    TransportProtocol,
-)
+from afield.fdo.pki import load_private_key
 from afield.fdo.serviceinfo import Devmod
 from afield.fdo.to1 import find_owner
 from afield.fdo.to2 import owner_urls, run_to2
-from afield.fdo.voucher import Voucher
 
 GOAL_LATENCY_MS = 200.0
 GOAL_RATE = 20.0
@@ -82,40 +71,19 @@ DEVMOD = Devmod(
 
 
 def _servers(work: Path, urls: Any, go: Any, done: Any) -> None:
-    """Run the rendezvous and owner servers; import and register the vouchers on ``go``."""
-    from afield.fdo.server import (
-        OwnerSettings,
-        RendezvousSettings,
-        SqlOwnerStore,
-        SqlRendezvousStore,
-        create_owner_app,
-        create_rendezvous_app,
-    )
-    from afield.fdo.server.handoff import HandoffProvider
-    from afield.fdo.server.registrar import Registrar
+    """Run the three servers; on ``go`` sell every voucher the manufacturer holds (TO0)."""
+    from afield.fdo.server.site import local_site
 
-    pki = load_pki(work / "pki")
     handoff = Handoff(
         fleet_url="https://fleet.example.com",
         tuf_root=TUF_ROOT,
         ssh_keys=(SSH_KEY,),
         files=(DownloadFile("bench.bin", bytes(range(256)) * 16),),
     )
-    rv_store = SqlRendezvousStore(f"sqlite:///{work / 'rv.db'}")
-    owner_store = SqlOwnerStore(f"sqlite:///{work / 'owner.db'}", owner_key=pki.owner.public_key())
-    rv_app = create_rendezvous_app(rv_store, RendezvousSettings((pki.manufacturer.public_key(),)))
-    owner_settings = OwnerSettings(
-        trusted_device_cas=[pki.device_ca.cert], service_info=HandoffProvider(handoff)
-    )
-    owner_app = create_owner_app(pki, owner_store, owner_settings)
-    with running(rv_app) as rv_url, running(owner_app) as owner_url:
-        urls.put((rv_url, owner_url))
+    with local_site(work, handoff) as site:
+        urls.put((site.manufacturer_url, site.rendezvous_url, site.owner_url))
         go.wait()
-        for path in sorted((work / "vouchers").glob("*.pem")):
-            owner_store.add(Voucher.load(path.read_bytes()))
-        port = int(owner_url.rsplit(":", 1)[1])
-        addrs = RvTo2Addr((RvTo2AddrEntry(None, "127.0.0.1", port, TransportProtocol.HTTP),))
-        registered = Registrar(owner_store, pki.owner.key, addrs).run_once()
+        registered = [site.sell(guid) for guid in site.vouchers.guids()]
         urls.put(sum(1 for r in registered if r.until is not None))
         done.wait()
 
@@ -174,33 +142,13 @@ def _floor(pool: urllib3.PoolManager, url: str, requests: int) -> float:
 # --- the run --------------------------------------------------------------------------------
 
 
-def _manufacture(work: Path, rv_url: str, count: int) -> list[Path]:
-    from afield.fdo.server import ManufacturerSettings, SqlVoucherStore, create_manufacturer_app
-
-    pki = load_pki(work / "pki")
-    host, port = rv_url.removeprefix("http://").rsplit(":", 1)
-    rv = RendezvousInfo(
-        (
-            RendezvousDirective.build(
-                ip=host, dev_port=int(port), owner_port=int(port), protocol=RvProtocol.HTTP
-            ),
-        )
-    )
-    store = SqlVoucherStore(f"sqlite:///{work / 'mfg.db'}")
-    app = create_manufacturer_app(pki, store, ManufacturerSettings(rv_info=rv))
+def _manufacture(work: Path, mfg_url: str, count: int) -> list[Path]:
     devices = []
-    (work / "vouchers").mkdir()
-    with running(app) as mfg_url:
-        for n in range(count):
-            device = work / "devices" / f"{n:05d}"
-            device.mkdir(parents=True)
-            credential = manufacture(mfg_url, device / "credential.cbor", device_info="bench")
-            stored = store.get(credential.guid)
-            assert stored is not None
-            voucher = stored.voucher.extend(pki.manufacturer.key, pki.owner.public_key())
-            (work / "vouchers" / f"{credential.guid}.pem").write_text(voucher.to_pem())
-            devices.append(device)
-    store.close()
+    for n in range(count):
+        device = work / "devices" / f"{n:05d}"
+        device.mkdir(parents=True)
+        manufacture(mfg_url, device / "credential.cbor", device_info="bench")
+        devices.append(device)
     return devices
 
 
@@ -224,15 +172,14 @@ def run(count: int, sequential: int) -> dict[str, Any]:
     """Set up, measure, and return every figure."""
     with tempfile.TemporaryDirectory(prefix="afield-bench-fdo-") as scratch, ExitStack() as stack:
         work = Path(scratch)
-        init_pki(work / "pki")
         context = multiprocessing.get_context("forkserver")
         urls, go, done = context.Queue(), context.Event(), context.Event()
         server = context.Process(target=_servers, args=(work, urls, go, done), daemon=True)
         server.start()
         stack.callback(server.join, 10)
         stack.callback(done.set)
-        rv_url, owner_url = urls.get(timeout=60)
-        devices = _manufacture(work, rv_url, count)
+        mfg_url, rv_url, owner_url = urls.get(timeout=60)
+        devices = _manufacture(work, mfg_url, count)
         go.set()
         registered = urls.get(timeout=600)
         if registered != count:

@@ -4,8 +4,11 @@
    package) into ``_demo/repo`` and print their package diff.
 2. Sign them as releases (TUF keys in ``_demo/keys``; publishing 1.1.0 builds the static delta
    from 1.0.0) and serve the repository on 127.0.0.1.
-3. Install 1.0.0 on a simulated device that trusts the repository's root, boot it, and let it
-   update itself over HTTP: TUF verification, the delta fetched and applied, staged, booted.
+3. Install 1.0.0 on a simulated device, give it its FDO credential at the "factory" (DI), then
+   onboard it zero-touch (TO0, TO1, TO2 with a manufacturer, a rendezvous and an owner server on
+   127.0.0.1): the owner hands it the update server's URL and the repository's TUF root. Boot it
+   and let it update itself over HTTP: TUF verification, the delta fetched and applied, staged,
+   booted.
 4. Compose and publish a broken 1.2.0 (a required health check that fails); the device updates,
    boots it until the boot counter runs out, and rolls itself back to 1.1.0.
 """
@@ -108,6 +111,33 @@ def _update(device: Device, url: str, *, full: int | None) -> None:
     console.print(f"  update: {result.reason}: {result.bytes_downloaded:,} bytes via {how}{share}")
 
 
+def _onboard(workdir: Path, device: Device, url: str, root_json: Path) -> str:
+    """DI at the factory, then zero-touch onboarding; returns the update URL the owner gave."""
+    # Server-only code (Starlette, SQLAlchemy): imported when used.
+    from afield.device.onboard import CREDENTIAL, OnboardOptions, onboard
+    from afield.fdo.client import manufacture
+    from afield.fdo.modules import Handoff
+    from afield.fdo.server.site import local_site
+
+    shutil.rmtree(workdir / "fdo", ignore_errors=True)
+    handoff = Handoff(fleet_url=url, tuf_root=root_json.read_bytes())
+    with local_site(workdir / "fdo", handoff) as site:
+        credentials = device.state.directory / "fdo"
+        credentials.mkdir(mode=0o700, parents=True, exist_ok=True)
+        made = manufacture(
+            site.manufacturer_url, credentials / CREDENTIAL, device_info="acme gateway"
+        )
+        console.print(f"factory: DI gave the device its FDO credential, GUID {made.guid}")
+        site.sell(made.guid)
+        console.print("its voucher went to the owner, who registered it at the rendezvous server")
+        result = onboard(device, OnboardOptions(rounds=1, timeout=10))
+    console.print(
+        f"onboarded in {result.seconds * 1000:.0f} ms (TO1, TO2): new GUID {result.new_guid}; "
+        f"the owner handed over the update server {url} and the repository's TUF root"
+    )
+    return str(result.handoff["fleet_url"])
+
+
 def demo_command(
     workdir: Path = typer.Option(Path("_demo"), "--workdir", help="Where the demo writes."),
     example: Path = typer.Option(
@@ -150,11 +180,12 @@ def demo_command(
     console.rule("a device in the field (simulated sysroot)")
     sysroot = workdir / "device"
     shutil.rmtree(sysroot, ignore_errors=True)
-    device = Device.init(sysroot, "gateway", trust_root=repo / "tuf" / "root.json")
+    device = Device.init(sysroot, "gateway")
     device.install(repo, v1.commit)
     console.print(f"factory install of 1.0.0 into {sysroot}")
-    _boot(device)
-    with running(repo) as url:
+    with running(repo) as served:
+        url = _onboard(workdir, device, served, repo / "tuf" / "root.json")
+        _boot(device)
         _update(device, url, full=_full_size(repo, v2.commit))
         _boot(device)
         _publish(repo, keyring, v3.commit, deltas=1)
