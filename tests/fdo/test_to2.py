@@ -522,7 +522,7 @@ def test_voucher_entry_with_a_bad_signature_is_refused_by_the_device(
     with serve_owner(device) as owner:
         owner.tamper(device.credential.guid, bad)
         before = owner.store.list()
-        with pytest.raises(VoucherError, match="voucher entry 1: signature does not verify"):
+        with pytest.raises(VoucherError, match="voucher entry 1: not signed by the previous owner"):
             onboard(owner, device)
         assert owner.store.list() == before
 

@@ -68,7 +68,7 @@ from typing import Any, TypeVar
 
 from afield.errors import FdoError, ProtocolError
 from afield.fdo import _check as check
-from afield.fdo._errors import ErrorCode, FdoMessageError, VerifyError, VoucherError
+from afield.fdo._errors import ErrorCode, VerifyError, VoucherError
 from afield.fdo.cbor import decode, encode
 from afield.fdo.client import Transport
 from afield.fdo.cose import Sign1, SigningKey, sig_type_for
@@ -95,8 +95,8 @@ from afield.fdo.messages import (
 )
 from afield.fdo.rendezvous import RvTo2Addr, TransportProtocol
 from afield.fdo.serviceinfo import DEFAULT_MTU, Devmod, ServiceInfoKV, chunk_service_info
-from afield.fdo.types import Hash, HashAlg, Nonce, PublicKey, SigInfo
-from afield.fdo.voucher import OVEntryPayload, OVHeader, header_info_hash
+from afield.fdo.types import Hash, Nonce, PublicKey, SigInfo
+from afield.fdo.voucher import EntryChain, OVHeader
 
 __all__ = ["Handler", "To2Result", "owner_urls", "replacement_header", "run_to2"]
 
@@ -268,50 +268,6 @@ def _check_prove_ovhdr(
     )
 
 
-class _EntryChain:
-    """Checks voucher entries one by one as TO2.OVNextEntry brings them."""
-
-    def __init__(self, proof: _OwnerProof) -> None:
-        self.header = proof.header
-        self.key = proof.header.manufacturer_key
-        self.previous = proof.header_bytes + encode(proof.header_hmac.to_cbor())
-        self.alg: HashAlg | None = None
-        self.count = 0
-
-    def add(self, entry: Sign1) -> None:
-        """Check the next entry; raises VoucherError naming it."""
-        index = self.count
-        try:
-            payload = OVEntryPayload.from_cbor(decode(entry.payload))
-        except FdoMessageError as e:
-            raise VoucherError(f"payload does not decode: {e}", entry=index) from None
-        alg = self.alg or payload.prev_hash.alg
-        if alg.is_hmac:
-            raise VoucherError(f"hash type {alg.name} is not SHA256 or SHA384", entry=index)
-        if payload.prev_hash.alg != alg or payload.header_hash.alg != alg:
-            raise VoucherError(f"hash types differ from entry 0's {alg.name}", entry=index)
-        try:
-            entry.verify(self.key)
-        except VerifyError:
-            raise VoucherError("signature does not verify", entry=index) from None
-        if not payload.prev_hash.matches(self.previous):
-            raise VoucherError("previous-entry hash does not match", entry=index)
-        if payload.header_hash != header_info_hash(alg, self.header.guid, self.header.device_info):
-            raise VoucherError("header-info hash does not match GUID || DeviceInfo", entry=index)
-        if payload.public_key.type != self.header.manufacturer_key.type:
-            raise VoucherError("owner key type differs from the manufacturer's", entry=index)
-        self.key, self.alg, self.count = payload.public_key, alg, index + 1
-        self.previous = entry.encode()
-
-    def finish(self, owner_key: PublicKey) -> None:
-        """The chain must end with the key that signed TO2.ProveOVHdr."""
-        if not self.key.same_key(owner_key):
-            raise VoucherError(
-                "the key that signed TO2.ProveOVHdr is not the voucher's last owner key",
-                entry=self.count - 1 if self.count else None,
-            )
-
-
 def _check_setup(token: Sign1, nonce: Nonce) -> SetupDevicePayload:
     """TO2.SetupDevice's payload, if Owner2Key signed it and it answers this run's nonce."""
     where = TO2SetupDevice.NAME
@@ -370,7 +326,7 @@ class _Device:
 
     def entries(self, proof: _OwnerProof, to1d: Sign1 | None) -> None:
         """TO2.GetOVNextEntry -> TO2.OVNextEntry for every entry, each checked on arrival."""
-        chain = _EntryChain(proof)
+        chain = EntryChain(proof.header, proof.header_bytes, proof.header_hmac)
         for index in range(proof.num_entries):
             answer = self.send(TO2GetOVNextEntry(index), TO2OVNextEntry)
             if answer.entry_num != index:
@@ -378,7 +334,7 @@ class _Device:
                     f"{TO2OVNextEntry.NAME}: entry {answer.entry_num} sent, {index} asked for"
                 )
             chain.add(answer.entry)
-        chain.finish(proof.owner_key)
+        chain.expect_owner(proof.owner_key, "the key that signed TO2.ProveOVHdr")
         if to1d is not None:
             try:
                 to1d.verify(proof.owner_key)

@@ -46,7 +46,14 @@ from afield.fdo.types import (
     PublicKeyType,
 )
 
-__all__ = ["OVEntryPayload", "OVHeader", "Voucher", "cert_chain_hash", "header_info_hash"]
+__all__ = [
+    "EntryChain",
+    "OVEntryPayload",
+    "OVHeader",
+    "Voucher",
+    "cert_chain_hash",
+    "header_info_hash",
+]
 
 PEM_LABEL = "OWNERSHIP VOUCHER"
 
@@ -139,6 +146,56 @@ def _hash_alg_for(*keys: PublicKeyType) -> HashAlg:
         for k in keys
     )
     return HashAlg.SHA384 if strong else HashAlg.SHA256
+
+
+class EntryChain:
+    """Checks a voucher's entries in order: a whole voucher (:meth:`Voucher.verify`) or entries
+    one at a time as TO2.OVNextEntry brings them to a device.
+
+    Each entry must decode, use entry 0's hash type (SHA-256 or SHA-384, never an HMAC), be
+    signed by the previous owner's key (the manufacturer's for entry 0), hash the previous entry
+    (the header bytes and HMAC for entry 0) and GUID || DeviceInfo, and name a key of the
+    manufacturer key's type. ``key`` is the current owner's key, ``count`` the entries taken.
+    """
+
+    def __init__(self, header: OVHeader, header_bytes: bytes, header_hmac: Hash) -> None:
+        self.header = header
+        self.key = header.manufacturer_key
+        self.count = 0
+        self._previous = header_bytes + encode(header_hmac.to_cbor())
+        self._alg: HashAlg | None = None
+
+    def add(self, entry: Sign1) -> None:
+        """Check the next entry; raises VoucherError naming it."""
+        index = self.count
+        try:
+            payload = OVEntryPayload.from_cbor(decode(entry.payload))
+        except FdoMessageError as e:
+            raise VoucherError(f"payload does not decode: {e}", entry=index) from None
+        alg = self._alg or payload.prev_hash.alg
+        if alg.is_hmac:
+            raise VoucherError(f"hash type {alg.name} is not SHA256 or SHA384", entry=index)
+        if payload.prev_hash.alg != alg or payload.header_hash.alg != alg:
+            raise VoucherError(f"hash type differs from entry 0's {alg.name}", entry=index)
+        try:
+            entry.verify(self.key)
+        except VerifyError as e:
+            raise VoucherError(f"not signed by the previous owner: {e}", entry=index) from None
+        if not payload.prev_hash.matches(self._previous):
+            raise VoucherError("previous-entry hash does not match", entry=index)
+        if payload.header_hash != header_info_hash(alg, self.header.guid, self.header.device_info):
+            raise VoucherError("header-info hash does not match GUID || DeviceInfo", entry=index)
+        if payload.public_key.type != self.header.manufacturer_key.type:
+            raise VoucherError("owner key type differs from the manufacturer's", entry=index)
+        self.key, self._alg, self.count = payload.public_key, alg, index + 1
+        self._previous = entry.encode()
+
+    def expect_owner(self, owner: PublicKey | PublicKeyType, whose: str) -> None:
+        """Raise VoucherError unless the chain so far ends at ``owner`` (``whose`` names it)."""
+        if not self.key.same_key(owner):
+            raise VoucherError(
+                f"the final owner is not {whose}", entry=self.count - 1 if self.count else None
+            )
 
 
 @dataclass(frozen=True)
@@ -262,34 +319,12 @@ class Voucher:
             and not header.cert_chain_hash.matches(*self.cert_chain)
         ):
             raise VoucherError("device certificate chain does not match its hash")
-        key = header.manufacturer_key
-        alg: HashAlg | None = None
-        for index, entry in enumerate(self.entries):
-            try:
-                payload = OVEntryPayload.from_cbor(decode(entry.payload))
-            except FdoMessageError as e:
-                raise VoucherError(f"payload does not decode: {e}", entry=index) from None
-            alg = alg or payload.prev_hash.alg
-            if payload.prev_hash.alg != alg or payload.header_hash.alg != alg:
-                raise VoucherError(f"hash type differs from entry 0's {alg.name}", entry=index)
-            try:
-                entry.verify(key)
-            except VerifyError as e:
-                raise VoucherError(f"not signed by the previous owner: {e}", entry=index) from None
-            if payload.prev_hash != self._prev_hash(alg, index):
-                raise VoucherError("previous-entry hash does not match", entry=index)
-            if payload.header_hash != header_info_hash(alg, header.guid, header.device_info):
-                raise VoucherError(
-                    "header-info hash does not match GUID || DeviceInfo", entry=index
-                )
-            if payload.public_key.type != header.manufacturer_key.type:
-                raise VoucherError("owner key type differs from the manufacturer's", entry=index)
-            key = payload.public_key
-        if owner is not None and not key.same_key(owner):
-            raise VoucherError(
-                "the final owner is not the expected owner key", entry=len(self.entries) - 1
-            )
-        return key
+        chain = EntryChain(header, self.header_bytes, self.header_hmac)
+        for entry in self.entries:
+            chain.add(entry)
+        if owner is not None:
+            chain.expect_owner(owner, "the expected owner key")
+        return chain.key
 
     def to_cbor(self) -> list[Any]:
         """``OwnershipVoucher``."""
