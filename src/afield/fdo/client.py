@@ -10,7 +10,7 @@ encrypted).
 
 :func:`manufacture` runs DI: it makes the device key (EC, P-384 by default), sends DI.AppStart
 with DeviceMfgInfo ``[KeyType, KeyEncoding (X509), SerialNumber, DeviceInfo, CSR]`` (the form of
-the Intel clients and go-fdo, which :mod:`afield.fdo.server.manufacturer` reads), MACs the
+the Intel clients and go-fdo, :class:`~afield.fdo.credential.DeviceMfgInfo`), MACs the
 header of DI.SetCredentials with a fresh secret (HMAC-SHA384 for a P-384 key, HMAC-SHA256 for
 P-256), sends DI.SetHMAC and, once DI.Done arrives, writes the private key and then the
 :class:`~afield.fdo.credential.DeviceCredential` (the specification's layout), each atomically
@@ -30,15 +30,13 @@ import tempfile
 from pathlib import Path
 
 import urllib3
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from afield.errors import FdoError, ProtocolError, TransportError
 from afield.fdo._errors import ErrorCode, FdoMessageError
 from afield.fdo.cbor import Limits, decode, encode
-from afield.fdo.credential import DeviceCredential
+from afield.fdo.credential import DeviceCredential, DeviceMfgInfo
 from afield.fdo.kex import Session
 from afield.fdo.messages import (
     MESSAGES,
@@ -49,7 +47,7 @@ from afield.fdo.messages import (
     ErrorMessage,
     Message,
 )
-from afield.fdo.types import PROTOCOL_VERSION, Hash, HashAlg, KeyEncoding, KeyType
+from afield.fdo.types import PROTOCOL_VERSION, Hash, HashAlg
 
 __all__ = ["KEY_CURVES", "ServerError", "Transport", "manufacture"]
 
@@ -209,25 +207,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
         os.close(directory)
 
 
-def _mfg_info(
-    key: ec.EllipticCurvePrivateKey, serial_number: str, device_info: str
-) -> list[object]:
-    strong = key.curve.key_size >= 384
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial_number)]))
-        .sign(key, hashes.SHA384() if strong else hashes.SHA256())
-    )
-    key_type = KeyType.SECP384R1 if strong else KeyType.SECP256R1
-    return [
-        int(key_type),
-        int(KeyEncoding.X509),
-        serial_number,
-        device_info,
-        csr.public_bytes(serialization.Encoding.DER),
-    ]
-
-
 def manufacture(
     url: str,
     credential_path: Path | str,
@@ -273,7 +252,8 @@ def manufacture(
     hash_alg = HashAlg.SHA384 if strong else HashAlg.SHA256
 
     transport = Transport(url, timeout=timeout)
-    answer = transport.send(DIAppStart(_mfg_info(key, serial, device_info)), DISetCredentials)
+    mfg_info = DeviceMfgInfo.for_key(key, serial, device_info).to_cbor()
+    answer = transport.send(DIAppStart(mfg_info), DISetCredentials)
     if not isinstance(answer, DISetCredentials):
         raise ProtocolError("DI.SetCredentials expected", code=ErrorCode.MESSAGE_BODY_ERROR)
     header = answer.header

@@ -1,4 +1,12 @@
-"""The device credential: what DI leaves on the device and TO2 replaces.
+"""What DI exchanges: DeviceMfgInfo (the device to the manufacturer) and the device credential
+(what DI leaves on the device and TO2 replaces).
+
+DeviceMfgInfo is left to implementations by the specification (``bstr .cbor any``). afield
+reads and sends the array of the Intel C and Java clients and go-fdo, ``[KeyType, KeyEncoding,
+SerialNumber: tstr, DeviceInfo: tstr, CSR: bstr (DER PKCS#10), ...]``; tolerances for older
+forms are noted where they are read. fido-device-onboard-rs sends a bare text string and takes
+the device key from its DIUN session or a key store; afield has neither, so that form is
+refused with a message saying what is needed.
 
 The layout follows the specification's (informative) DeviceCredential:
 ``[DCActive: bool, DCProtVer, DCHmacSecret: bstr, DCDeviceInfo: tstr, DCGuid, DCRVInfo,
@@ -17,13 +25,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
 from afield.fdo import _check as check
 from afield.fdo._errors import FdoMessageError
 from afield.fdo.cbor import encode
 from afield.fdo.rendezvous import RendezvousInfo
-from afield.fdo.types import PROTOCOL_VERSION, Guid, Hash, PublicKey
+from afield.fdo.types import PROTOCOL_VERSION, Guid, Hash, KeyEncoding, KeyType, PublicKey
 
-__all__ = ["DeviceCredential"]
+__all__ = ["DeviceCredential", "DeviceMfgInfo"]
+
+_WHERE = "DeviceMfgInfo"
 
 
 @dataclass(frozen=True)
@@ -90,4 +105,68 @@ class DeviceCredential:
             guid=Guid.from_cbor(f[3], f"{where}[3]"),
             rv_info=RendezvousInfo.from_cbor(f[4], f"{where}[4]"),
             public_key_hash=Hash.from_cbor(f[5], f"{where}[5]"),
+        )
+
+
+@dataclass(frozen=True)
+class DeviceMfgInfo:
+    """What a device tells the manufacturer in DI.AppStart."""
+
+    key_type: int
+    key_encoding: int
+    serial_number: str
+    device_info: str
+    csr: x509.CertificateSigningRequest
+
+    @classmethod
+    def for_key(
+        cls, key: ec.EllipticCurvePrivateKey, serial_number: str, device_info: str
+    ) -> DeviceMfgInfo:
+        """What a device with ``key`` sends: a CSR signed by the key proves it holds it."""
+        strong = key.curve.key_size >= 384
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, serial_number)]))
+            .sign(key, hashes.SHA384() if strong else hashes.SHA256())
+        )
+        key_type = KeyType.SECP384R1 if strong else KeyType.SECP256R1
+        return cls(int(key_type), int(KeyEncoding.X509), serial_number, device_info, csr)
+
+    def to_cbor(self) -> list[Any]:
+        """``[KeyType, KeyEncoding, SerialNumber, DeviceInfo, CSR (DER)]``."""
+        der = self.csr.public_bytes(serialization.Encoding.DER)
+        return [self.key_type, self.key_encoding, self.serial_number, self.device_info, der]
+
+    @classmethod
+    def from_cbor(cls, value: Any) -> DeviceMfgInfo:
+        """Parse the decoded DeviceMfgInfo (see the module docstring for the forms read)."""
+        if isinstance(value, str) or value is None:
+            raise FdoMessageError(
+                "carries no device key: afield needs [KeyType, KeyEncoding, SerialNumber, "
+                "DeviceInfo, CSR] (a text DeviceMfgInfo needs DIUN, which afield does not run)",
+                where=_WHERE,
+            )
+        fields = check.array(value, _WHERE, minimum=4)
+        # Tolerance: the Intel C client's early form has no KeyEncoding
+        # ([KeyType, SerialNumber, DeviceInfo, CSR]); X509 is assumed.
+        if isinstance(fields[1], str):
+            fields = [fields[0], int(KeyEncoding.X509), *fields[1:]]
+        # Tolerance: go-fdo before 2024 sent KeyHashAlg after KeyEncoding; it is skipped.
+        elif len(fields) >= 6 and isinstance(fields[2], int) and not isinstance(fields[2], bool):
+            fields = [*fields[:2], *fields[3:]]
+        if len(fields) < 5:
+            raise FdoMessageError("expected at least 5 elements", where=_WHERE)
+        # Elements after the CSR (OnDie ECDSA chain, test signature, MAROE prefix) are
+        # deprecated and ignored.
+        der = check.bstr(fields[4], f"{_WHERE}[4]")
+        try:
+            csr = x509.load_der_x509_csr(der)
+        except ValueError:
+            raise FdoMessageError("the CSR is not DER PKCS#10", where=f"{_WHERE}[4]") from None
+        return cls(
+            key_type=check.uint(fields[0], f"{_WHERE}[0]", 8),
+            key_encoding=check.uint(fields[1], f"{_WHERE}[1]", 8),
+            serial_number=check.tstr(fields[2], f"{_WHERE}[2]"),
+            device_info=check.tstr(fields[3], f"{_WHERE}[3]"),
+            csr=csr,
         )

@@ -9,44 +9,36 @@
     DI.SetHMAC(12) [HMac of header]   ->     check the voucher, store it under its GUID
                                       <-     DI.Done(13) []
 
-DeviceMfgInfo is left to implementations by the specification (``bstr .cbor any``). afield
-reads the array the Intel C and Java clients and go-fdo send,
-``[KeyType, KeyEncoding, SerialNumber: tstr, DeviceInfo: tstr, CSR: bstr (DER PKCS#10), ...]``,
-and sends the same from :mod:`afield.fdo.client`. The CSR's signature must verify (the device
-holds the key); its public key, not its subject, goes into the device certificate, which the
-device CA issues with the GUID as subject (:func:`afield.fdo.pki.issue_device_certificate`).
-KeyEncoding chooses how the manufacturer key is written in the header (X509, X5CHAIN with the
-manufacturer certificate, or COSEKEY). Tolerances are noted where they are read.
-
-fido-device-onboard-rs sends a bare text string as DeviceMfgInfo and takes the device key from
-its DIUN session or a key store; afield has neither, so that form is refused with a message
-saying what is needed.
+DeviceMfgInfo (:class:`afield.fdo.credential.DeviceMfgInfo`) carries the device's key in a CSR
+whose signature must verify (the device holds the key); its public key, not its subject, goes
+into the device certificate, which the device CA issues with the GUID as subject
+(:func:`afield.fdo.pki.issue_device_certificate`). KeyEncoding chooses how the manufacturer key
+is written in the header (X509, X5CHAIN with the manufacturer certificate, or COSEKEY).
 
 The header: protocol 101, a random GUID, RendezvousInfo from the settings, DeviceInfo from
 DeviceMfgInfo, the manufacturer's public key, and the SHA-384 hash of the device certificate
 chain (leaf, device CA) as concatenated DER. SHA-384 whatever the curves, as
 fido-device-onboard-rs does: the device never computes this hash, only owners do.
 
-What it leaves to others: TO0 and the owner side, voucher export, DIUN, mTLS to the factory
-network.
+What it leaves to others: TO0 and the owner side (:mod:`afield.fdo.server.rendezvous`,
+:mod:`afield.fdo.server.owner`), voucher export (``afield fdo voucher export``), DIUN, mTLS to
+the factory network.
 """
 
 from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.applications import Starlette
 
 from afield.errors import ProtocolError
-from afield.fdo import _check as check
 from afield.fdo._chain import verify_device_chain
-from afield.fdo._errors import ErrorCode, FdoMessageError, VerifyError
+from afield.fdo._errors import ErrorCode, VerifyError
 from afield.fdo.cbor import encode
+from afield.fdo.credential import DeviceMfgInfo
 from afield.fdo.messages import DIAppStart, DIDone, DISetCredentials, DISetHMAC, Message
 from afield.fdo.pki import DEFAULT_VALIDITY, Pki, issue_device_certificate
 from afield.fdo.rendezvous import RendezvousInfo
@@ -55,9 +47,7 @@ from afield.fdo.server.store import VoucherExistsError, VoucherStore
 from afield.fdo.types import Guid, HashAlg, KeyEncoding, PublicKey
 from afield.fdo.voucher import OVHeader, Voucher, cert_chain_hash
 
-__all__ = ["DeviceMfgInfo", "ManufacturerSettings", "create_manufacturer_app"]
-
-_WHERE = "DeviceMfgInfo"
+__all__ = ["ManufacturerSettings", "create_manufacturer_app"]
 
 
 @dataclass(frozen=True)
@@ -73,51 +63,6 @@ class ManufacturerSettings:
     rv_info: RendezvousInfo
     binding: BindingSettings = field(default_factory=BindingSettings)
     device_cert_validity: datetime.timedelta = DEFAULT_VALIDITY
-
-
-@dataclass(frozen=True)
-class DeviceMfgInfo:
-    """What a device tells the manufacturer in DI.AppStart."""
-
-    key_type: int
-    key_encoding: int
-    serial_number: str
-    device_info: str
-    csr: x509.CertificateSigningRequest
-
-    @classmethod
-    def from_cbor(cls, value: Any) -> DeviceMfgInfo:
-        """Parse the decoded DeviceMfgInfo (see the module docstring for the forms read)."""
-        if isinstance(value, str) or value is None:
-            raise FdoMessageError(
-                "carries no device key: afield needs [KeyType, KeyEncoding, SerialNumber, "
-                "DeviceInfo, CSR] (a text DeviceMfgInfo needs DIUN, which afield does not run)",
-                where=_WHERE,
-            )
-        fields = check.array(value, _WHERE, minimum=4)
-        # Tolerance: the Intel C client's early form has no KeyEncoding
-        # ([KeyType, SerialNumber, DeviceInfo, CSR]); X509 is assumed.
-        if isinstance(fields[1], str):
-            fields = [fields[0], int(KeyEncoding.X509), *fields[1:]]
-        # Tolerance: go-fdo before 2024 sent KeyHashAlg after KeyEncoding; it is skipped.
-        elif len(fields) >= 6 and isinstance(fields[2], int) and not isinstance(fields[2], bool):
-            fields = [*fields[:2], *fields[3:]]
-        if len(fields) < 5:
-            raise FdoMessageError("expected at least 5 elements", where=_WHERE)
-        # Elements after the CSR (OnDie ECDSA chain, test signature, MAROE prefix) are
-        # deprecated and ignored.
-        der = check.bstr(fields[4], f"{_WHERE}[4]")
-        try:
-            csr = x509.load_der_x509_csr(der)
-        except ValueError:
-            raise FdoMessageError("the CSR is not DER PKCS#10", where=f"{_WHERE}[4]") from None
-        return cls(
-            key_type=check.uint(fields[0], f"{_WHERE}[0]", 8),
-            key_encoding=check.uint(fields[1], f"{_WHERE}[1]", 8),
-            serial_number=check.tstr(fields[2], f"{_WHERE}[2]"),
-            device_info=check.tstr(fields[3], f"{_WHERE}[3]"),
-            csr=csr,
-        )
 
 
 class _Manufacturer:
