@@ -109,18 +109,21 @@ def _fdo_dir(device: Device) -> Path:
     return device.state.directory / "fdo"
 
 
-def load_credential(device: Device) -> tuple[DeviceCredential, Any]:
-    """The device's credential and private key, as DI left them."""
-    path = _fdo_dir(device) / CREDENTIAL
+def _read_credential(path: Path) -> DeviceCredential:
     try:
-        credential = DeviceCredential.from_cbor(decode(path.read_bytes()))
+        return DeviceCredential.from_cbor(decode(path.read_bytes()))
     except FileNotFoundError:
         raise DeviceError(
             f"{path}: no FDO credential; run `afield device manufacture` first"
         ) from None
     except FdoError as e:
         raise DeviceError(f"{path}: not an FDO device credential: {e}") from None
-    return credential, load_private_key(Path(f"{path}.key.pem"))
+
+
+def load_credential(device: Device) -> tuple[DeviceCredential, Any]:
+    """The device's credential and private key, as DI left them."""
+    path = _fdo_dir(device) / CREDENTIAL
+    return _read_credential(path), load_private_key(Path(f"{path}.key.pem"))
 
 
 def _devmod(device: Device, credential: DeviceCredential) -> Devmod:
@@ -293,7 +296,7 @@ def onboarding_status(device: Device) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        credential = DeviceCredential.from_cbor(decode(path.read_bytes()))
-    except FdoError as e:
-        return {"completed": False, "error": f"{path}: {e}"}
+        credential = _read_credential(path)
+    except DeviceError as e:
+        return {"completed": False, "error": e.message}
     return {"guid": str(credential.guid), "completed": False, "fleet_url": None}
