@@ -24,6 +24,7 @@ debian-archive-keyring
 ca-certificates
 xdelta3
 zstd
+postgresql
 "
 
 missing=""

@@ -16,7 +16,7 @@ What it leaves to others: the device side (:func:`afield.fdo.client.manufacture`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,24 +77,30 @@ class LocalSite:
 
 
 @contextmanager
-def local_site(directory: Path, handoff: Handoff) -> Iterator[LocalSite]:
+def local_site(
+    directory: Path, handoff: Handoff, databases: Mapping[str, str] | None = None
+) -> Iterator[LocalSite]:
     """Serve the three FDO servers from ``directory`` (PKI made there unless present).
 
     Args:
         directory: holds ``pki/`` and the servers' SQLite files.
         handoff: what the owner gives every device in TO2 (a fresh token each).
+        databases: SQLAlchemy URLs by server (``manufacturer``, ``rendezvous``, ``owner``)
+            instead of SQLite files in ``directory``, e.g. PostgreSQL.
     """
+
+    def url(name: str) -> str:
+        return (databases or {}).get(name) or f"sqlite:///{directory / f'{name}.db'}"
+
     directory.mkdir(parents=True, exist_ok=True)
     pki_dir = directory / "pki"
     pki = load_pki(pki_dir) if pki_dir.exists() else init_pki(pki_dir)
     with ExitStack() as stack:
-        rv_store = SqlRendezvousStore(f"sqlite:///{directory / 'rendezvous.db'}")
+        rv_store = SqlRendezvousStore(url("rendezvous"))
         stack.callback(rv_store.close)
-        owned = SqlOwnerStore(
-            f"sqlite:///{directory / 'owner.db'}", owner_key=pki.owner.public_key()
-        )
+        owned = SqlOwnerStore(url("owner"), owner_key=pki.owner.public_key())
         stack.callback(owned.close)
-        vouchers = SqlVoucherStore(f"sqlite:///{directory / 'manufacturer.db'}")
+        vouchers = SqlVoucherStore(url("manufacturer"))
         stack.callback(vouchers.close)
         trusted = (pki.manufacturer.public_key(), pki.owner.public_key())
         rv_url = stack.enter_context(
