@@ -256,3 +256,35 @@ def test_the_real_command_line_verifies_in_a_subprocess(tmp_path: Path) -> None:
     missing = afield("fdo", "voucher", "show", str(tmp_path / "nope.pem"))
     assert missing.returncode == 2
     assert "nope.pem" in missing.stderr
+
+
+def test_import_into_the_owners_store_checks_the_owner_and_refuses_duplicates(
+    run: Runner, tmp_path: Path
+) -> None:
+    assert run("fdo", "init", "--dir", tmp_path / "pki").returncode == 0
+    owned = tmp_path / "ov-owned.pem"
+    owner_cert = tmp_path / "pki" / "owner_cert.pem"
+    extended = run(
+        "fdo", "voucher", "extend", OV, "--key", VECTORS / "mfg_key.pem", "--to", owner_cert,
+        "-o", owned,
+    )  # fmt: skip
+    assert extended.returncode == 0, extended.stderr
+    db = f"sqlite:///{tmp_path / 'owner.db'}"
+    imported = run(
+        "fdo", "voucher", "import", owned, "--db", db, "--pki", tmp_path / "pki", "--json"
+    )
+    assert imported.returncode == 0, imported.stderr
+    guid = str(Voucher.load(owned.read_text()).header.guid)
+    assert json.loads(imported.stdout) == {"imported": [{"guid": guid, "registered": False}]}
+    again = run("fdo", "voucher", "import", owned, "--db", db, "--pki", tmp_path / "pki")
+    assert again.returncode == 2 and f"{owned}: " in again.stderr and "already" in again.stderr
+    # The vector's voucher still belongs to its manufacturer, not to this owner.
+    foreign = run("fdo", "voucher", "import", OV, "--db", db, "--pki", tmp_path / "pki")
+    assert foreign.returncode == 2 and f"{OV}: " in foreign.stderr and "owner" in foreign.stderr
+
+
+def test_import_needs_exactly_one_destination(run: Runner, tmp_path: Path) -> None:
+    neither = run("fdo", "voucher", "import", OV)
+    assert neither.returncode == 2 and "--owner URL or --db URL" in neither.stderr
+    remote = run("fdo", "voucher", "import", OV, "--owner", "http://127.0.0.1:9")
+    assert remote.returncode == 2 and "--token" in remote.stderr
