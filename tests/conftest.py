@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,30 @@ def afield(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise AssertionError(f"afield {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+@contextmanager
+def afield_server(log: Path, *args: str) -> Iterator[str]:
+    """Run ``afield <args> --port 0`` (a server) until the block ends; yield the URL it prints
+    ("... serving on http://127.0.0.1:PORT"); its stderr goes to ``log``."""
+    with (
+        log.open("w") as errors,
+        subprocess.Popen(
+            [sys.executable, "-m", "afield.cli", *args, "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        ) as server,
+    ):
+        try:
+            assert server.stdout is not None
+            line = server.stdout.readline()
+            assert "serving on http://127.0.0.1:" in line, line + log.read_text()
+            yield line.rsplit(" ", 1)[1].strip()
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -16,35 +12,16 @@ from afield.device.lifecycle import Device
 from afield.fdo.cbor import decode
 from afield.fdo.credential import DeviceCredential
 from afield.fdo.server import SqlVoucherStore
-from tests.conftest import afield
+from tests.conftest import afield, afield_server
 
 pytestmark = pytest.mark.root
 
 
-@contextmanager
-def _manufacturer(pki: Path, db: str, *rendezvous: str) -> Iterator[str]:
-    args = ["fdo", "serve", "manufacturer", "--pki", str(pki), "--db", db, "--port", "0"]
+def _manufacturer(pki: Path, db: str, *rendezvous: str) -> AbstractContextManager[str]:
+    args = ["fdo", "serve", "manufacturer", "--pki", str(pki), "--db", db]
     for value in rendezvous:
         args += ["--rendezvous", value]
-    log = pki.parent / "manufacturer.log"
-    with (
-        log.open("w") as errors,
-        subprocess.Popen(
-            [sys.executable, "-m", "afield.cli", *args],
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        ) as server,
-    ):
-        try:
-            assert server.stdout is not None
-            line = server.stdout.readline()
-            assert "serving on http://127.0.0.1:" in line, line + log.read_text()
-            yield line.rsplit(" ", 1)[1].strip()
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    return afield_server(pki.parent / "manufacturer.log", *args)
 
 
 def test_a_device_is_manufactured_from_the_command_line(tmp_path: Path) -> None:

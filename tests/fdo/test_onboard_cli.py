@@ -5,18 +5,14 @@ with the rendezvous server), then `afield device onboard` and what the device ke
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from afield.device.lifecycle import Device
 from afield.fdo.pki import Pki
-from tests.conftest import afield
+from tests.conftest import afield, afield_server
 
 pytestmark = pytest.mark.root
 
@@ -25,27 +21,9 @@ SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOnboardTestKey ops@example.com"
 TOKEN = "import-secret-0123456789"  # noqa: S105 (a test token)
 
 
-@contextmanager
-def _serve(log: Path, *args: str) -> Iterator[str]:
-    """Run `afield fdo serve ...` on a free port; yield its URL from the line it prints."""
-    with (
-        log.open("w") as errors,
-        subprocess.Popen(
-            [sys.executable, "-m", "afield.cli", "fdo", "serve", *args, "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        ) as server,
-    ):
-        try:
-            assert server.stdout is not None
-            line = server.stdout.readline()
-            assert "serving on http://127.0.0.1:" in line, line + log.read_text()
-            yield line.rsplit(" ", 1)[1].strip()
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+def _serve(log: Path, *args: str) -> AbstractContextManager[str]:
+    """Run `afield fdo serve ...` on a free port; its URL."""
+    return afield_server(log, "fdo", "serve", *args)
 
 
 def _json(*args: str) -> dict[str, object]:
