@@ -50,7 +50,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from afield.fdo._errors import FdoMessageError
-from afield.fdo.server.store import StoreError, VoucherExistsError, open_engine
+from afield.fdo.server.store import SqlStore, StoreError, VoucherExistsError, as_utc
 from afield.fdo.types import Guid, PublicKey, PublicKeyType
 from afield.fdo.voucher import Voucher
 
@@ -134,13 +134,6 @@ metadata = _Base.metadata
 """The store's tables (for ``create_all`` and, later, Alembic)."""
 
 
-def _utc(value: datetime.datetime) -> datetime.datetime:
-    """``value`` in UTC; a naive time (as SQLite returns it) is taken to be UTC already."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.UTC)
-    return value.astimezone(datetime.UTC)
-
-
 def _aware(value: datetime.datetime, name: str) -> datetime.datetime:
     if value.tzinfo is None:
         raise ValueError(f"{name} must be timezone-aware (give tzinfo=datetime.UTC)")
@@ -162,7 +155,7 @@ def _guid(text: str) -> Guid:
     return Guid(uuid.UUID(text).bytes)
 
 
-class SqlOwnerStore:
+class SqlOwnerStore(SqlStore):
     """:class:`OwnerStore` on an SQLAlchemy engine (SQLite by default).
 
     Args:
@@ -179,15 +172,7 @@ class SqlOwnerStore:
         engine: Engine | None = None,
     ) -> None:
         self.owner_key = owner_key
-        try:
-            self.engine = engine if engine is not None else open_engine(url)
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as e:
-            raise StoreError(f"cannot open the owner's voucher store: {type(e).__name__}") from e
-
-    def close(self) -> None:
-        """Release the engine's connections."""
-        self.engine.dispose()
+        super().__init__(url, metadata, "the owner's voucher store", engine=engine)
 
     def add(self, voucher: Voucher, *, replace: bool = False) -> OwnedVoucher:
         """Store a voucher this owner owns.
@@ -330,9 +315,9 @@ class SqlOwnerStore:
         return OwnedVoucher(
             guid=_guid(row.guid),
             voucher=_load(row.voucher, row.guid),
-            imported_at=_utc(row.imported_at),
-            registered_until=None if row.registered_until is None else _utc(row.registered_until),
-            onboarded_at=None if row.onboarded_at is None else _utc(row.onboarded_at),
+            imported_at=as_utc(row.imported_at),
+            registered_until=None if row.registered_until is None else as_utc(row.registered_until),
+            onboarded_at=None if row.onboarded_at is None else as_utc(row.onboarded_at),
             replacement_guid=None if row.replacement_guid is None else _guid(row.replacement_guid),
             replacement_voucher=None if replacement is None else _load(replacement, row.guid),
             previous_guid=None if row.previous_guid is None else _guid(row.previous_guid),

@@ -95,7 +95,7 @@ from afield.fdo.messages import (
 from afield.fdo.pki import fingerprint
 from afield.fdo.server.binding import BindingSettings, FdoEndpoint, Session, Step
 from afield.fdo.server.binding import Protocol as FdoProtocol
-from afield.fdo.server.store import StoreError, open_engine
+from afield.fdo.server.store import SqlStore, StoreError, as_utc
 from afield.fdo.types import Guid, HashAlg, Nonce, PublicKey, PublicKeyType, SigInfo, SigType
 from afield.fdo.voucher import Voucher
 
@@ -203,18 +203,13 @@ metadata = _Base.metadata
 """The store's tables (for ``create_all`` and, later, Alembic)."""
 
 
-def _utc(value: datetime.datetime) -> datetime.datetime:
-    # SQLite keeps no time zone: what was written in UTC comes back naive.
-    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
-
-
 def _spki(key: PublicKeyType) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
-class SqlRendezvousStore:
+class SqlRendezvousStore(SqlStore):
     """:class:`RendezvousStore` on an SQLAlchemy engine (SQLite by default).
 
     Args:
@@ -223,15 +218,7 @@ class SqlRendezvousStore:
     """
 
     def __init__(self, url: str = "sqlite:///fdo-rendezvous.db", *, engine: Engine | None = None):
-        try:
-            self.engine = engine if engine is not None else open_engine(url)
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as e:
-            raise StoreError(f"cannot open the rendezvous store: {type(e).__name__}") from e
-
-    def close(self) -> None:
-        """Release the engine's connections."""
-        self.engine.dispose()
+        super().__init__(url, metadata, "the rendezvous store", engine=engine)
 
     def put(self, registration: RvRegistration) -> None:
         """Store ``registration``, replacing any of its GUID (see :class:`RendezvousStore`)."""
@@ -283,8 +270,8 @@ class SqlRendezvousStore:
             device_key=key,
             owner_key_fingerprint=row.owner_key_fingerprint,
             manufacturer_key_fingerprint=row.manufacturer_key_fingerprint,
-            registered_at=_utc(row.registered_at),
-            expires_at=_utc(row.expires_at),
+            registered_at=as_utc(row.registered_at),
+            expires_at=as_utc(row.expires_at),
         )
 
 

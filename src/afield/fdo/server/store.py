@@ -18,7 +18,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import DateTime, LargeBinary, String, Text, create_engine, event, select
+from sqlalchemy import DateTime, LargeBinary, MetaData, String, Text, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -29,11 +29,13 @@ from afield.fdo.types import Guid
 from afield.fdo.voucher import Voucher
 
 __all__ = [
+    "SqlStore",
     "SqlVoucherStore",
     "StoreError",
     "StoredVoucher",
     "VoucherExistsError",
     "VoucherStore",
+    "as_utc",
     "open_engine",
 ]
 
@@ -115,12 +117,39 @@ metadata = _Base.metadata
 """The store's tables (for ``create_all`` and, later, Alembic)."""
 
 
-def _utc(value: datetime.datetime) -> datetime.datetime:
-    # SQLite keeps no time zone: what was written in UTC comes back naive.
-    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+def as_utc(value: datetime.datetime) -> datetime.datetime:
+    """A time read back from a store, in UTC: SQLite keeps no zone (what was written in UTC
+    comes back naive), PostgreSQL answers in the session's zone."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=datetime.UTC)
+    return value.astimezone(datetime.UTC)
 
 
-class SqlVoucherStore:
+class SqlStore:
+    """An engine with a store's tables created (``metadata.create_all``); every FDO store is one.
+
+    Args:
+        url: an SQLAlchemy database URL (:func:`open_engine`).
+        metadata: the store's tables.
+        what: the store's name in error messages ("the voucher store").
+        engine: an existing engine to use instead of ``url``.
+    """
+
+    def __init__(
+        self, url: str, metadata: MetaData, what: str, *, engine: Engine | None = None
+    ) -> None:
+        try:
+            self.engine = engine if engine is not None else open_engine(url)
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as e:
+            raise StoreError(f"cannot open {what}: {type(e).__name__}") from e
+
+    def close(self) -> None:
+        """Release the engine's connections."""
+        self.engine.dispose()
+
+
+class SqlVoucherStore(SqlStore):
     """:class:`VoucherStore` on an SQLAlchemy engine (SQLite by default).
 
     Args:
@@ -129,15 +158,7 @@ class SqlVoucherStore:
     """
 
     def __init__(self, url: str = "sqlite:///fdo-manufacturer.db", *, engine: Engine | None = None):
-        try:
-            self.engine = engine if engine is not None else open_engine(url)
-            metadata.create_all(self.engine)
-        except SQLAlchemyError as e:
-            raise StoreError(f"cannot open the voucher store: {type(e).__name__}") from e
-
-    def close(self) -> None:
-        """Release the engine's connections."""
-        self.engine.dispose()
+        super().__init__(url, metadata, "the voucher store", engine=engine)
 
     def add(self, voucher: Voucher, *, serial_number: str) -> StoredVoucher:
         """Store a new voucher (see :class:`VoucherStore`)."""
@@ -188,5 +209,5 @@ class SqlVoucherStore:
         except FdoMessageError as e:
             raise StoreError(f"stored voucher {row.guid} is corrupt: {e}") from None
         return StoredVoucher(
-            voucher.header.guid, voucher, row.serial_number, row.device_info, _utc(row.created)
+            voucher.header.guid, voucher, row.serial_number, row.device_info, as_utc(row.created)
         )
