@@ -28,6 +28,7 @@ bench: bootstrap
 	$(PY) benchmarks/device.py
 	$(PY) benchmarks/wire.py
 	$(PY) benchmarks/fdo.py
+	$(PY) benchmarks/fleet.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache _demo
