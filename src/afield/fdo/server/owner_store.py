@@ -49,8 +49,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from afield._sql import as_utc
 from afield.fdo._errors import FdoMessageError
-from afield.fdo.server.store import SqlStore, StoreError, VoucherExistsError, as_utc
+from afield.fdo.server.store import SqlStore, StoreError, VoucherExistsError
 from afield.fdo.types import Guid, PublicKey, PublicKeyType
 from afield.fdo.voucher import Voucher
 

@@ -74,6 +74,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.orm import Session as DbSession
 from starlette.applications import Starlette
 
+from afield._sql import as_utc
 from afield.errors import ProtocolError
 from afield.fdo import _check as check
 from afield.fdo._errors import ErrorCode, FdoMessageError, VerifyError, VoucherError
@@ -95,7 +96,7 @@ from afield.fdo.messages import (
 from afield.fdo.pki import fingerprint
 from afield.fdo.server.binding import BindingSettings, FdoEndpoint, Session, Step
 from afield.fdo.server.binding import Protocol as FdoProtocol
-from afield.fdo.server.store import SqlStore, StoreError, as_utc
+from afield.fdo.server.store import SqlStore, StoreError
 from afield.fdo.types import Guid, HashAlg, Nonce, PublicKey, PublicKeyType, SigInfo, SigType
 from afield.fdo.voucher import Voucher
 

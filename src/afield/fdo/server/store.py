@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from sqlalchemy import DateTime, LargeBinary, MetaData, String, Text, create_engine, event, select
+from sqlalchemy import DateTime, LargeBinary, MetaData, String, Text, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from afield._sql import as_utc, open_engine
 from afield.errors import FdoError
 from afield.fdo._errors import FdoMessageError
 from afield.fdo.types import Guid
@@ -79,26 +80,6 @@ class VoucherStore(Protocol):
         ...
 
 
-def open_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite files get WAL and ``synchronous=NORMAL``.
-
-    In WAL mode readers do not wait for the writer and a commit costs one fsync of the log
-    instead of two of the database and its journal; with ``NORMAL`` a power cut may lose the
-    last commits but never corrupts the file. Every FDO store opens its engine here.
-    """
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(connection: Any, record: Any) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-    return engine
-
-
 class _Base(DeclarativeBase):
     pass
 
@@ -115,14 +96,6 @@ class _VoucherRow(_Base):
 
 metadata = _Base.metadata
 """The store's tables (for ``create_all`` and, later, Alembic)."""
-
-
-def as_utc(value: datetime.datetime) -> datetime.datetime:
-    """A time read back from a store, in UTC: SQLite keeps no zone (what was written in UTC
-    comes back naive), PostgreSQL answers in the session's zone."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.UTC)
-    return value.astimezone(datetime.UTC)
 
 
 class SqlStore:
