@@ -13,7 +13,19 @@ import typer
 from rich.markup import escape
 
 from afield import __version__
-from afield.cli import blueprint, compose, demo, device, fdo, image, keys, release, repo
+from afield.cli import (
+    admin,
+    blueprint,
+    compose,
+    demo,
+    device,
+    fdo,
+    image,
+    keys,
+    release,
+    repo,
+    serve,
+)
 from afield.cli._output import err_console
 from afield.errors import AfieldError
 
@@ -33,6 +45,8 @@ app.add_typer(release.app, name="release")
 app.add_typer(device.app, name="device")
 app.add_typer(repo.app, name="repo")
 app.add_typer(fdo.app, name="fdo")
+app.add_typer(admin.app, name="admin")
+app.command("serve")(serve.serve_command)
 app.command("compose")(compose.compose_command)
 app.command("demo")(demo.demo_command)
 

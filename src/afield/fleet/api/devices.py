@@ -1,0 +1,196 @@
+"""``/api/v1/devices``: list devices (filtered by labels and status, a page at a time) and show one.
+
+``GET /api/v1/devices?label=site=berlin&label=tier=edge&status=Offline&limit=100&cursor=C``
+answers ``{"data": [...], "count": n, "next_cursor": C2 | null}``. Pages are keyset-paginated by
+device id: ``next_cursor`` is the id of the page's last device and the next page starts after
+it, so a page never repeats or skips a device when others are added or removed meanwhile (an
+offset would). Label filters are ``key=value`` equalities, all of which must hold, evaluated in
+SQL; the ``status`` filter uses :func:`afield.fleet.models.device_status` (the one definition of
+a status), so it is applied to the rows as they are read, a chunk at a time.
+
+What it leaves to others: creating and updating devices (enrollment and the device API, later
+slices), the status definitions (:mod:`afield.fleet.models`).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
+
+from afield.fleet.api.deps import (
+    ApiError,
+    CursorQuery,
+    LimitQuery,
+    NowDep,
+    OfflineAfterDep,
+    Page,
+    SessionDep,
+    iso,
+)
+from afield.fleet.auth import ViewerDep
+from afield.fleet.models import Device, DeviceStatus, device_status
+from afield.fleet.policy import Selector, SelectorError
+
+__all__ = ["DevicePublic", "DeviceRollout", "DevicesPublic", "device_public", "router"]
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+_CHUNK = 500  # rows read at a time while filtering by status
+
+
+class DeviceRollout(BaseModel):
+    """Where a device is in the rollout it belongs to."""
+
+    rollout_id: int
+    phase: str
+    batch: int | None
+    assigned_at: datetime.datetime | None
+    booted_at: datetime.datetime | None
+
+
+class DevicePublic(BaseModel):
+    """A device as the API shows it, with its derived summary ``status``."""
+
+    id: str
+    name: str
+    labels: dict[str, str]
+    status: DeviceStatus
+    current_version: str | None
+    current_commit: str | None
+    pending_version: str | None
+    rollback_version: str | None
+    last_seen: datetime.datetime | None
+    health_ok: bool | None
+    updating: bool
+    rolled_back_at: datetime.datetime | None
+    rollout: DeviceRollout | None
+
+
+class DevicesPublic(Page):
+    """One page of devices."""
+
+    data: list[DevicePublic]
+
+
+def device_public(device: Device, now: datetime.datetime, offline_after: float) -> DevicePublic:
+    """The API's view of ``device`` at ``now``."""
+    rollout = None
+    if device.rollout_id is not None:
+        rollout = DeviceRollout(
+            rollout_id=device.rollout_id,
+            phase=device.phase,
+            batch=device.batch,
+            assigned_at=iso(device.assigned_at),
+            booted_at=iso(device.booted_at),
+        )
+    return DevicePublic(
+        id=device.id,
+        name=device.name,
+        labels={str(k): str(v) for k, v in (device.labels or {}).items()},
+        status=device_status(device, now, offline_after),
+        current_version=device.current_version,
+        current_commit=device.current_commit,
+        pending_version=device.pending_version,
+        rollback_version=device.rollback_version,
+        last_seen=iso(device.last_seen),
+        health_ok=device.health_ok,
+        updating=device.updating,
+        rolled_back_at=iso(device.rolled_back_at),
+        rollout=rollout,
+    )
+
+
+def _label_filters(labels: list[str]) -> list[ColumnElement[bool]]:
+    filters: list[ColumnElement[bool]] = []
+    for index, item in enumerate(labels):
+        where = f"label[{index}]"
+        try:
+            selector = Selector.parse(item)
+        except SelectorError as e:
+            raise ApiError(422, f"{where}: {e}", field=where) from None
+        requirements = selector.requirements
+        if len(requirements) != 1 or requirements[0][1] != "=":
+            raise ApiError(
+                422,
+                f"{where}: {item!r} is not one key=value label (such as site=berlin); "
+                "repeat label= for more",
+                field=where,
+            )
+        key, _, value = requirements[0]
+        filters.append(Device.labels[key].as_string() == value)
+    return filters
+
+
+def _page(
+    session: Session,
+    filters: list[ColumnElement[bool]],
+    cursor: str | None,
+    limit: int,
+    keep: Any,
+) -> tuple[list[Device], str | None]:
+    """Up to ``limit`` devices after ``cursor`` that pass ``filters`` and ``keep``, by id."""
+    found: list[Device] = []
+    after = cursor
+    while True:
+        query = select(Device).where(*filters).order_by(Device.id).limit(_CHUNK)
+        if after is not None:
+            query = query.where(Device.id > after)
+        chunk = session.scalars(query).all()
+        for device in chunk:
+            if keep(device):
+                if len(found) == limit:
+                    return found, found[-1].id
+                found.append(device)
+        if len(chunk) < _CHUNK:
+            return found, None
+        after = chunk[-1].id
+
+
+@router.get("", operation_id="devices-list")
+def list_devices(
+    session: SessionDep,
+    caller: ViewerDep,
+    now: NowDep,
+    offline_after: OfflineAfterDep,
+    label: Annotated[
+        list[str],
+        Query(max_length=20, description="key=value; repeat for more (all must hold)."),
+    ] = [],  # noqa: B006  # FastAPI copies defaults
+    status: Annotated[
+        DeviceStatus | None, Query(description="Only devices in this status.")
+    ] = None,
+    limit: LimitQuery = 100,
+    cursor: CursorQuery = None,
+) -> DevicesPublic:
+    """Devices by id, a page at a time, filtered by labels and status."""
+    filters = _label_filters(label)
+    if status is None:
+        devices, next_cursor = _page(session, filters, cursor, limit, lambda d: True)
+    else:
+        wanted = status
+
+        def keep(device: Device) -> bool:
+            return device_status(device, now, offline_after) is wanted
+
+        devices, next_cursor = _page(session, filters, cursor, limit, keep)
+    data = [device_public(d, now, offline_after) for d in devices]
+    return DevicesPublic(data=data, count=len(data), next_cursor=next_cursor)
+
+
+@router.get("/{device_id}", operation_id="devices-show")
+def show_device(
+    session: SessionDep,
+    caller: ViewerDep,
+    now: NowDep,
+    offline_after: OfflineAfterDep,
+    device_id: Annotated[str, Path(max_length=128)],
+) -> DevicePublic:
+    """One device."""
+    device = session.get(Device, device_id)
+    if device is None:
+        raise ApiError(404, f"no device {device_id!r}", field="device_id")
+    return device_public(device, now, offline_after)

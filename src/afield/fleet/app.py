@@ -1,0 +1,424 @@
+"""The fleet manager as one ASGI app: ``create_app(settings)``.
+
+:func:`create_app` opens the database, migrates it to the newest schema (before the first
+request, since the servers run uvicorn without a lifespan), and assembles:
+
+* ``/api/v1/...``: the API (:mod:`afield.fleet.api`), OpenAPI at ``/docs`` and
+  ``/openapi.json``;
+* ``/repo/``: the update repository (:func:`afield.release.serve.create_repo_app`) when
+  ``settings.repo_dir`` is given;
+* ``/healthz``: ``{"status": "ok"}`` once the database answers, else 503;
+* ``/metrics``: Prometheus text: ``afield_fleet_requests_total{method,route,code}``,
+  the ``afield_fleet_request_duration_seconds`` histogram by route, and the
+  ``afield_fleet_devices{status}`` gauge (devices by summary status, counted at scrape time).
+  Routes are the templates (``/api/v1/devices/{device_id}``), so labels stay few.
+
+Every request is logged as one JSON line on the ``afield.fleet.access`` logger (method, path,
+route, status, duration, client, and the token's actor when one was checked). Bodies over
+``settings.max_body_bytes`` are refused with 413 before they are read. Errors are answered in
+one place: every refused request gets ``{"error", "field", "problems"}`` and a 4xx, whatever
+refused it (validation, authentication, the engine), never a 500 for bad input.
+
+What it leaves to others: TLS (a reverse proxy), the FDO servers' mounts, the dashboard, the
+device API and the rollout runner (later slices), running it (``afield serve``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import load_only
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from afield.errors import AfieldError, FleetError
+from afield.fleet.api import api_router
+from afield.fleet.api.deps import ApiError, Problem, error_body
+from afield.fleet.auth import AccessError
+from afield.fleet.db import DEFAULT_URL, Database, DatabaseError
+from afield.fleet.models import Device, DeviceStatus, device_status, utcnow
+from afield.fleet.policy import RolloutPolicyError, SelectorError
+from afield.fleet.rollout import RolloutError
+
+__all__ = ["ACCESS_LOGGER", "FleetMetrics", "FleetSettings", "create_app"]
+
+ACCESS_LOGGER = "afield.fleet.access"
+_METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_STATUS_FIELDS = ("id", "last_seen", "updating", "pending_version", "health_ok", "rolled_back_at")
+
+log = logging.getLogger(ACCESS_LOGGER)
+
+
+def _settings_error(name: str, message: str) -> FleetError:
+    error = FleetError(f"{name}: {message}")
+    error.user_error = True
+    return error
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """How the fleet manager runs.
+
+    Args:
+        db_url: the database (SQLAlchemy URL; SQLite file by default).
+        repo_dir: an afield repository to serve at ``/repo/`` (None: not served).
+        offline_after: seconds without a check-in after which a device is Offline.
+        max_body_bytes: the largest request body accepted (413 above).
+        clock: the current time (timezone-aware); tests fix it.
+    """
+
+    db_url: str = DEFAULT_URL
+    repo_dir: Path | None = None
+    offline_after: float = 300.0
+    max_body_bytes: int = 64 * 1024
+    clock: Callable[[], datetime.datetime] = field(default=utcnow, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.offline_after < 10 * 365 * 86400:
+            raise _settings_error(
+                "offline_after", f"{self.offline_after!r}: expected seconds above 0"
+            )
+        if self.max_body_bytes < 1024:
+            raise _settings_error(
+                "max_body_bytes", f"{self.max_body_bytes!r}: expected at least 1024 bytes"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> FleetSettings:
+        """Settings from ``AFIELD_DB``, ``AFIELD_REPO`` and ``AFIELD_OFFLINE_AFTER``.
+
+        Raises:
+            FleetError: a variable's value is not acceptable (a user error naming it).
+        """
+        values: dict[str, Any] = {}
+        if "AFIELD_DB" in environ:
+            values["db_url"] = environ["AFIELD_DB"]
+        if environ.get("AFIELD_REPO"):
+            values["repo_dir"] = Path(environ["AFIELD_REPO"])
+        if "AFIELD_OFFLINE_AFTER" in environ:
+            raw = environ["AFIELD_OFFLINE_AFTER"]
+            try:
+                values["offline_after"] = float(raw)
+            except ValueError:
+                raise _settings_error(
+                    "AFIELD_OFFLINE_AFTER", f"{raw!r}: expected seconds, such as 300"
+                ) from None
+        return cls(**values)
+
+
+class FleetMetrics:
+    """Request counters and latency histograms by route, in Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.buckets: dict[str, list[int]] = {}
+        self.sums: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request answered ``status`` after ``seconds``."""
+        with self._lock:
+            key = (method, route, status)
+            self.requests[key] = self.requests.get(key, 0) + 1
+            counts = self.buckets.setdefault(route, [0] * (len(_BUCKETS) + 1))
+            counts[bisect.bisect_left(_BUCKETS, seconds)] += 1
+            self.sums[route] = self.sums.get(route, 0.0) + seconds
+
+    def exposition(self, devices: Mapping[DeviceStatus, int]) -> str:
+        """Everything in the Prometheus text exposition format (version 0.0.4)."""
+        lines = [
+            "# HELP afield_fleet_requests_total HTTP requests answered, by method, route, code.",
+            "# TYPE afield_fleet_requests_total counter",
+        ]
+        with self._lock:
+            requests = sorted(self.requests.items())
+            buckets = {route: list(c) for route, c in sorted(self.buckets.items())}
+            sums = dict(self.sums)
+        for (method, route, code), n in requests:
+            lines.append(
+                f'afield_fleet_requests_total{{method="{method}",route="{_escape(route)}",'
+                f'code="{code}"}} {n}'
+            )
+        lines += [
+            "# HELP afield_fleet_request_duration_seconds Time to answer a request, by route.",
+            "# TYPE afield_fleet_request_duration_seconds histogram",
+        ]
+        for route, counts in buckets.items():
+            label, total = _escape(route), 0
+            for bound, n in zip((*_BUCKETS, "+Inf"), counts, strict=True):
+                total += n
+                le = bound if isinstance(bound, str) else f"{bound:g}"
+                lines.append(
+                    f'afield_fleet_request_duration_seconds_bucket{{route="{label}",le="{le}"}} '
+                    f"{total}"
+                )
+            lines.append(
+                f'afield_fleet_request_duration_seconds_sum{{route="{label}"}} {sums[route]:.6f}'
+            )
+            lines.append(f'afield_fleet_request_duration_seconds_count{{route="{label}"}} {total}')
+        lines += [
+            "# HELP afield_fleet_devices Devices by summary status.",
+            "# TYPE afield_fleet_devices gauge",
+            *(
+                f'afield_fleet_devices{{status="{s.value}"}} {devices.get(s, 0)}'
+                for s in DeviceStatus
+            ),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Edge:
+    """ASGI middleware: body size limit, metrics and one JSON access-log line per request."""
+
+    def __init__(self, app: ASGIApp, metrics: FleetMetrics, max_body: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.monotonic()
+        method, path = scope["method"], scope["path"]
+        client = scope.get("client")
+        status, started = 500, False
+        length = _content_length(scope)
+        too_large = error_body(f"the request body is larger than {self.max_body} bytes", "body")
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _TooLarge
+            return message
+
+        async def observed(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = int(message["status"]), True
+            await send(message)
+
+        try:
+            if length is not None and length > self.max_body:
+                await JSONResponse(too_large, status_code=413)(scope, receive, observed)
+            else:
+                await self.app(scope, limited, observed)
+        except _TooLarge:
+            if not started:
+                await JSONResponse(too_large, status_code=413)(scope, receive, observed)
+        finally:
+            seconds = time.monotonic() - start
+            route = _route_template(scope)
+            self.metrics.record(method, route, status, seconds)
+            state = scope.get("state") or {}
+            entry = {
+                "client": client[0] if client else None,
+                "method": method,
+                "path": path,
+                "route": route,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 3),
+                "actor": state.get("actor"),
+            }
+            log.info(json.dumps(entry, sort_keys=True))
+
+
+def _route_template(scope: Scope) -> str:
+    """The route that answered, as a template (``/api/v1/devices/{device_id}``; mounts by prefix).
+
+    Built from the path and its parameters, so it does not depend on how routers nest.
+    """
+    route = scope.get("route")
+    if route is None:
+        return "unmatched"
+    if isinstance(route, Mount):
+        return str(route.path)
+    names = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    parts = [f"{{{names[p]}}}" if p in names else p for p in str(scope["path"]).split("/")]
+    return "/".join(parts)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+# --- errors: one place decides the answer ----------------------------------------------------
+
+
+def _where(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "body"
+
+
+def _validation_problems(errors: list[dict[str, Any]]) -> list[Problem]:
+    problems = []
+    for error in errors:
+        kind, loc = error.get("type", ""), error.get("loc", ())
+        if kind == "json_invalid":
+            detail = (error.get("ctx") or {}).get("error", "")
+            problems.append(Problem("body", f"not valid JSON ({detail})" if detail else "not JSON"))
+            continue
+        where = _where(loc)
+        if kind == "extra_forbidden":
+            message = "unknown field: not accepted here (see /docs)"
+        elif kind == "missing":
+            message = "is required"
+        else:
+            message = str(error.get("msg", "is not valid"))
+        problems.append(Problem(where, message))
+    return problems or [Problem("body", "the request is not valid")]
+
+
+def _answer(status: int, message: str, field: str | None, problems: list[Problem]) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(error_body(message, field, problems), status_code=status, headers=headers)
+
+
+def _status_of(error: AfieldError) -> tuple[int, str | None, list[Problem]]:
+    if isinstance(error, ApiError):
+        return error.status, error.field, error.problems
+    if isinstance(error, AccessError):
+        return error.status, error.field, []
+    if isinstance(error, RolloutPolicyError):
+        problems = [Problem(f"policy.{p.location}", p.message) for p in error.problems]
+        return 422, problems[0].field if problems else "policy", problems
+    if isinstance(error, SelectorError):
+        return 422, "selector", []
+    if isinstance(error, RolloutError):
+        return 409, "status", []
+    if isinstance(error, DatabaseError):
+        return 503, None, []
+    return (422 if error.user_error else 500), None, []
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)  # noqa: S101  # registered for it
+        problems = _validation_problems(list(exc.errors()))
+        first = problems[0]
+        return _answer(422, f"{first.field}: {first.error}", first.field, problems)
+
+    async def http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)  # noqa: S101  # registered for it
+        return _answer(exc.status_code, str(exc.detail), None, [])
+
+    async def afield(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, AfieldError)  # noqa: S101  # registered for it
+        status, where, problems = _status_of(exc)
+        message = str(exc) if status < 500 else f"internal error: {type(exc).__name__}"
+        return _answer(status, message, where, problems)
+
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(StarletteHTTPException, http)
+    app.add_exception_handler(AfieldError, afield)
+
+
+# --- the app -------------------------------------------------------------------------------
+
+
+def _count_devices(
+    db: Database, now: datetime.datetime, offline_after: float
+) -> dict[DeviceStatus, int]:
+    counts = dict.fromkeys(DeviceStatus, 0)
+    columns = [getattr(Device, name) for name in _STATUS_FIELDS]
+    with db.sessions() as session:
+        query = select(Device).options(load_only(*columns)).execution_options(yield_per=1000)
+        for device in session.scalars(query):
+            counts[device_status(device, now, offline_after)] += 1
+    return counts
+
+
+def create_app(settings: FleetSettings | None = None, *, db: Database | None = None) -> FastAPI:
+    """The fleet manager's ASGI app; migrates the database first.
+
+    Args:
+        settings: how it runs (:class:`FleetSettings` defaults when omitted).
+        db: an open database to use instead of opening ``settings.db_url``.
+
+    Raises:
+        DatabaseError: the database cannot be opened or migrated.
+        RepositoryError: ``settings.repo_dir`` is not an afield repository.
+    """
+    settings = settings or FleetSettings()
+    database = db if db is not None else Database(settings.db_url)
+    database.upgrade()
+    metrics = FleetMetrics()
+    app = FastAPI(
+        title="afield fleet manager",
+        version="1",
+        summary="Devices, fleets, releases, rollouts and the audit trail of an afield fleet.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.db = database
+    app.state.settings = settings
+    app.state.clock = settings.clock
+    app.state.offline_after = settings.offline_after
+    app.state.metrics = metrics
+    app.include_router(api_router())
+    _install_error_handlers(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> Response:
+        try:
+            with database.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as e:
+            body = {"status": "unavailable", "error": f"database: {type(e).__name__}"}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        devices = _count_devices(database, settings.clock(), settings.offline_after)
+        return PlainTextResponse(metrics.exposition(devices), media_type=_METRICS_TYPE)
+
+    if settings.repo_dir is not None:
+        from afield.release.serve import create_repo_app
+
+        app.mount("/repo", create_repo_app(settings.repo_dir))
+    app.add_middleware(_Edge, metrics=metrics, max_body=settings.max_body_bytes)
+    return app

@@ -1,0 +1,301 @@
+"""The fleet manager's tables (SQLAlchemy 2, typed ``Mapped[...]``) and the conversions around them.
+
+Six tables: ``devices`` (what each device runs and reported last, and where it is in a rollout),
+``fleets`` (a label selector, a target release, a rollout policy), ``releases`` (image, arch,
+version, commit), ``rollouts`` (a fleet moving to a release: the engine's
+:class:`~afield.fleet.rollout.RolloutState` as JSON beside its status), ``events`` (the audit
+trail) and ``api_tokens`` (admin and viewer bearer tokens, stored as SHA-256 digests only).
+Constraint and index names follow one naming convention, so Alembic migrations and PostgreSQL
+agree on them.
+
+Times are stored as timezone-aware ``DateTime`` and read back through :func:`as_utc` (SQLite
+keeps no zone). The rollout engine counts seconds since the epoch instead; the conversion
+happens in one place, :func:`device_view`, and :func:`state_to_json` / :func:`state_from_json`
+carry a rollout's state in and out of its JSON column.
+
+:func:`device_status` derives the summary status (Online, Updating, Degraded, RolledBack,
+Offline) a device list shows, from the columns the device API fills in.
+
+What it leaves to others: the schema's history (:mod:`afield.fleet.migrations`, whose first
+revision creates exactly these tables), sessions and engines (:mod:`afield.fleet.db`), filling
+in device reports and rollout phases (the device API and the rollout runner, later slices).
+"""
+
+from __future__ import annotations
+
+import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from afield._sql import as_utc
+from afield.fleet.rollout import Cause, Counters, DeviceView, Phase, RolloutState, Status
+
+__all__ = [
+    "ApiToken",
+    "Base",
+    "Device",
+    "DeviceStatus",
+    "Event",
+    "Fleet",
+    "Release",
+    "Rollout",
+    "device_status",
+    "device_view",
+    "metadata",
+    "state_from_json",
+    "state_to_json",
+    "utcnow",
+]
+
+_NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime.datetime:
+    """The current time, timezone-aware in UTC: what every ``created``/``updated`` gets."""
+    return datetime.datetime.now(datetime.UTC)
+
+
+class Base(DeclarativeBase):
+    """The declarative base of every fleet-manager table."""
+
+    metadata = MetaData(naming_convention=_NAMING)
+    type_annotation_map = {  # noqa: RUF012  # SQLAlchemy reads this class attribute
+        datetime.datetime: DateTime(timezone=True),
+        dict[str, Any]: JSON,
+    }
+
+
+class Release(Base):
+    """A published release: one OSTree commit of ``image`` for ``arch``, named ``version``."""
+
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("image", "arch", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image: Mapped[str] = mapped_column(String(64))
+    arch: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(64))
+    commit: Mapped[str] = mapped_column(String(64), index=True)
+    created: Mapped[datetime.datetime]
+
+
+class Device(Base):
+    """A device the fleet manager knows, what it reported last and where it is in a rollout.
+
+    ``current_*`` is what the device runs, ``pending_version`` a deployment staged for the next
+    boot, ``rollback_version`` the deployment it would fall back to. ``health_ok`` is the
+    result of its last health checks (None: none reported), ``updating`` whether it reported an
+    update in progress, ``rolled_back_at`` when it last fell back (cleared once an update
+    succeeds). ``rollout_id``, ``phase``, ``batch``, ``assigned_at`` and ``booted_at`` mirror
+    :class:`~afield.fleet.rollout.DeviceView` for the rollout named by ``rollout_id``.
+    """
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    current_version: Mapped[str | None] = mapped_column(String(64))
+    current_commit: Mapped[str | None] = mapped_column(String(64), index=True)
+    pending_version: Mapped[str | None] = mapped_column(String(64))
+    rollback_version: Mapped[str | None] = mapped_column(String(64))
+    last_seen: Mapped[datetime.datetime | None] = mapped_column(index=True)
+    health_ok: Mapped[bool | None] = mapped_column(Boolean)
+    updating: Mapped[bool] = mapped_column(Boolean, default=False)
+    rolled_back_at: Mapped[datetime.datetime | None]
+    rollout_id: Mapped[int | None] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="SET NULL"), index=True
+    )
+    phase: Mapped[str] = mapped_column(String(16), default=Phase.IDLE.value)
+    batch: Mapped[int | None] = mapped_column(Integer)
+    assigned_at: Mapped[datetime.datetime | None]
+    booted_at: Mapped[datetime.datetime | None]
+    created: Mapped[datetime.datetime] = mapped_column(default=utcnow)
+
+
+class Fleet(Base):
+    """Devices chosen by a label selector, the release they should run, and how to roll it out."""
+
+    __tablename__ = "fleets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    selector: Mapped[str] = mapped_column(Text, default="")
+    target_release_id: Mapped[int | None] = mapped_column(
+        ForeignKey("releases.id", ondelete="RESTRICT"), index=True
+    )
+    policy: Mapped[dict[str, Any]]
+    created: Mapped[datetime.datetime]
+    updated: Mapped[datetime.datetime]
+
+    target_release: Mapped[Release | None] = relationship(lazy="joined")
+
+
+class Rollout(Base):
+    """One fleet moving to one release; ``state`` is the engine's RolloutState as JSON."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet_id: Mapped[int] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"), index=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="RESTRICT"))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    state: Mapped[dict[str, Any]]
+    created: Mapped[datetime.datetime]
+    updated: Mapped[datetime.datetime]
+
+    fleet: Mapped[Fleet] = relationship(lazy="joined")
+    release: Mapped[Release] = relationship(lazy="joined")
+
+
+class Event(Base):
+    """One line of the audit trail: who (``actor``) did what (``kind``) to what (``subject``).
+
+    ``actor`` is ``admin:<token name>``, ``device:<id>`` or ``system``.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index(None, "kind", "id"), Index(None, "actor", "id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime.datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ApiToken(Base):
+    """A bearer token of the admin API: only its SHA-256 is kept, never the token."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[datetime.datetime]
+    last_used: Mapped[datetime.datetime | None]
+    revoked: Mapped[datetime.datetime | None]
+
+
+metadata = Base.metadata
+"""Every fleet-manager table: what the Alembic migrations must produce."""
+
+
+# --- a device's summary status ---------------------------------------------------------------
+
+
+class DeviceStatus(StrEnum):
+    """A device's summary status; :func:`device_status` defines each."""
+
+    ONLINE = "Online"
+    UPDATING = "Updating"
+    DEGRADED = "Degraded"
+    ROLLED_BACK = "RolledBack"
+    OFFLINE = "Offline"
+
+
+def device_status(device: Device, now: datetime.datetime, offline_after: float) -> DeviceStatus:
+    """The one place a device's summary status is decided; the first rule that holds wins.
+
+    1. **Offline**: the device never checked in, or its last check-in (``last_seen``) is more
+       than ``offline_after`` seconds before ``now``. Whatever it reported before is stale, so
+       this comes first.
+    2. **Updating**: it checked in recently and reported an update in progress (``updating``:
+       downloading, staging or rebooting into it), or has a deployment staged for its next boot
+       (``pending_version``).
+    3. **Degraded**: it checked in recently and its last health checks failed (``health_ok``
+       is false) on the release it runs now: it is up but not well.
+    4. **RolledBack**: it checked in recently, its health checks pass (or none were reported),
+       and it fell back to its previous deployment (``rolled_back_at`` is set) since its last
+       successful update: it is well, but not on the release it was told to run.
+    5. **Online**: it checked in recently and none of the above holds.
+    """
+    last_seen = None if device.last_seen is None else as_utc(device.last_seen)
+    if last_seen is None or (now - last_seen).total_seconds() > offline_after:
+        return DeviceStatus.OFFLINE
+    if device.updating or device.pending_version is not None:
+        return DeviceStatus.UPDATING
+    if device.health_ok is False:
+        return DeviceStatus.DEGRADED
+    if device.rolled_back_at is not None:
+        return DeviceStatus.ROLLED_BACK
+    return DeviceStatus.ONLINE
+
+
+# --- to and from the rollout engine's values -------------------------------------------------
+
+
+def _seconds(value: datetime.datetime | None) -> float | None:
+    return None if value is None else as_utc(value).timestamp()
+
+
+def device_view(device: Device, *, rollout_id: int, online: bool) -> DeviceView:
+    """What the engine sees of ``device`` in rollout ``rollout_id`` (times as epoch seconds).
+
+    A device whose phase belongs to another rollout (or none) is idle in this one.
+    """
+    mine = device.rollout_id == rollout_id
+    return DeviceView(
+        device_id=device.id,
+        labels={str(k): str(v) for k, v in (device.labels or {}).items()},
+        online=online,
+        last_seen=_seconds(device.last_seen) or 0.0,
+        current=device.current_version,
+        phase=Phase(device.phase) if mine else Phase.IDLE,
+        batch=device.batch if mine else None,
+        assigned_at=_seconds(device.assigned_at) if mine else None,
+        booted_at=_seconds(device.booted_at) if mine else None,
+    )
+
+
+def state_to_json(state: RolloutState) -> dict[str, Any]:
+    """A rollout state as the JSON stored in ``rollouts.state`` (and shown by the API)."""
+    counters = state.counters
+    return {
+        "status": state.status.value,
+        "batch": state.batch,
+        "reason": state.reason,
+        "cause": None if state.cause is None else state.cause.value,
+        "batch_started_at": state.batch_started_at,
+        "failures_accepted": state.failures_accepted,
+        "gate_waived": state.gate_waived,
+        "counters": {name: getattr(counters, name) for name in Counters.__dataclass_fields__},
+    }
+
+
+def state_from_json(data: dict[str, Any]) -> RolloutState:
+    """The state :func:`state_to_json` wrote."""
+    cause = data.get("cause")
+    started = data.get("batch_started_at")
+    return RolloutState(
+        status=Status(data["status"]),
+        batch=int(data["batch"]),
+        reason=str(data.get("reason", "")),
+        cause=None if cause is None else Cause(cause),
+        batch_started_at=None if started is None else float(started),
+        failures_accepted=int(data.get("failures_accepted", 0)),
+        gate_waived=bool(data.get("gate_waived", False)),
+        counters=Counters(**{k: int(v) for k, v in data.get("counters", {}).items()}),
+    )
