@@ -221,21 +221,15 @@ class _Edge:
                     raise _TooLarge
             return message
 
-        async def observed(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status, started = int(message["status"]), True
-            await send(message)
+        logged = False
 
-        try:
-            if length is not None and length > self.max_body:
-                await JSONResponse(too_large, status_code=413)(scope, receive, observed)
-            else:
-                await self.app(scope, limited, observed)
-        except _TooLarge:
-            if not started:
-                await JSONResponse(too_large, status_code=413)(scope, receive, observed)
-        finally:
+        def finish() -> None:
+            # Logged before the last body chunk goes out, so a client that has its answer
+            # can already read the log line (tests do; so do operators tailing logs).
+            nonlocal logged
+            if logged:
+                return
+            logged = True
             seconds = time.monotonic() - start
             route = _route_template(scope)
             self.metrics.record(method, route, status, seconds)
@@ -250,6 +244,25 @@ class _Edge:
                 "actor": state.get("actor"),
             }
             log.info(json.dumps(entry, sort_keys=True))
+
+        async def observed(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = int(message["status"]), True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finish()
+            await send(message)
+
+        try:
+            if length is not None and length > self.max_body:
+                await JSONResponse(too_large, status_code=413)(scope, receive, observed)
+            else:
+                await self.app(scope, limited, observed)
+        except _TooLarge:
+            if not started:
+                await JSONResponse(too_large, status_code=413)(scope, receive, observed)
+        finally:
+            finish()
 
 
 def _route_template(scope: Scope) -> str:

@@ -23,10 +23,11 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query, Request
 from pydantic import BaseModel
+from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
 from afield._sql import as_utc
@@ -118,6 +119,30 @@ class Page(BaseModel):
 
     count: int
     next_cursor: str | None = None
+
+
+_Row = TypeVar("_Row")
+
+
+def newest_first(
+    session: Session, query: Select[_Row], id_column: Any, limit: int, cursor: str | None
+) -> tuple[list[_Row], str | None]:
+    """One page of ``query`` by descending integer id: the rows and the next page's cursor.
+
+    The cursor is the last row's id (keyset pagination: a page costs the same at any depth and
+    rows added meanwhile neither repeat nor go missing); one more row than ``limit`` is read to
+    know whether another page follows.
+    """
+    query = query.order_by(id_column.desc()).limit(limit + 1)
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise ApiError(422, f"cursor {cursor!r} is not a next_cursor", field="cursor")
+        query = query.where(id_column < int(cursor))
+    rows = list(session.scalars(query).unique().all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    last: Any = rows[-1] if more else None  # every paged model has an integer ``id``
+    return rows, (str(last.id) if last is not None else None)
 
 
 def iso(value: datetime.datetime | None) -> datetime.datetime | None:

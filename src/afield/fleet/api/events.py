@@ -18,7 +18,14 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from afield.fleet.api.deps import ApiError, CursorQuery, LimitQuery, Page, SessionDep, iso
+from afield.fleet.api.deps import (
+    CursorQuery,
+    LimitQuery,
+    Page,
+    SessionDep,
+    iso,
+    newest_first,
+)
 from afield.fleet.auth import ViewerDep
 from afield.fleet.models import Event
 
@@ -54,18 +61,12 @@ def list_events(
     cursor: CursorQuery = None,
 ) -> EventsPublic:
     """Events, newest first, optionally of one kind or one actor."""
-    query = select(Event).order_by(Event.id.desc()).limit(limit + 1)
+    query = select(Event)
     if kind is not None:
         query = query.where(Event.kind == kind)
     if actor is not None:
         query = query.where(Event.actor == actor)
-    if cursor is not None:
-        if not cursor.isdigit():
-            raise ApiError(422, f"cursor {cursor!r} is not a next_cursor", field="cursor")
-        query = query.where(Event.id < int(cursor))
-    rows = list(session.scalars(query).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_cursor = newest_first(session, query, Event.id, limit, cursor)
     data = []
     for row in rows:
         time = iso(row.time)
@@ -80,4 +81,4 @@ def list_events(
                 details=row.details,
             )
         )
-    return EventsPublic(data=data, count=len(data), next_cursor=str(rows[-1].id) if more else None)
+    return EventsPublic(data=data, count=len(data), next_cursor=next_cursor)

@@ -39,6 +39,7 @@ from afield.fleet.api.deps import (
     Page,
     SessionDep,
     iso,
+    newest_first,
     record,
 )
 from afield.fleet.auth import AdminDep, ViewerDep
@@ -182,20 +183,13 @@ def list_releases(
     cursor: CursorQuery = None,
 ) -> ReleasesPublic:
     """Releases, newest first, optionally of one image and arch."""
-    query = select(Release).order_by(Release.id.desc()).limit(limit + 1)
+    query = select(Release)
     if image is not None:
         query = query.where(Release.image == image)
     if arch is not None:
         query = query.where(Release.arch == arch)
-    if cursor is not None:
-        if not cursor.isdigit():
-            raise ApiError(422, f"cursor {cursor!r} is not a next_cursor", field="cursor")
-        query = query.where(Release.id < int(cursor))
-    rows = list(session.scalars(query).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_cursor = newest_first(session, query, Release.id, limit, cursor)
     data = [release_public(r) for r in rows]
-    next_cursor = str(rows[-1].id) if more else None
     return ReleasesPublic(data=data, count=len(data), next_cursor=next_cursor)
 
 

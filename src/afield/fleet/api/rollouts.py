@@ -37,6 +37,7 @@ from afield.fleet.api.deps import (
     Page,
     SessionDep,
     iso,
+    newest_first,
     record,
 )
 from afield.fleet.api.fleets import ACTIVE, FleetPath, get_fleet
@@ -203,22 +204,14 @@ def list_rollouts(
     cursor: CursorQuery = None,
 ) -> RolloutsPublic:
     """Rollouts, newest first, optionally of one fleet or in one status."""
-    query = select(Rollout).order_by(Rollout.id.desc()).limit(limit + 1)
+    query = select(Rollout)
     if fleet is not None:
         query = query.join(Rollout.fleet).where(Fleet.name == fleet)
     if status is not None:
         query = query.where(Rollout.status == status.value)
-    if cursor is not None:
-        if not cursor.isdigit():
-            raise ApiError(422, f"cursor {cursor!r} is not a next_cursor", field="cursor")
-        query = query.where(Rollout.id < int(cursor))
-    rows = list(session.scalars(query).unique().all())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_cursor = newest_first(session, query, Rollout.id, limit, cursor)
     data = [rollout_public(r) for r in rows]
-    return RolloutsPublic(
-        data=data, count=len(data), next_cursor=str(rows[-1].id) if more else None
-    )
+    return RolloutsPublic(data=data, count=len(data), next_cursor=next_cursor)
 
 
 @router.get("/{rollout_id}", operation_id="rollouts-show")
