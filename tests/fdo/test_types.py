@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from afield.fdo import FdoMessageError
+from afield.fdo import ErrorCode, FdoMessageError
 from afield.fdo.cbor import decode, encode
 from afield.fdo.credential import DeviceCredential
 from afield.fdo.eat import EatPayload
@@ -149,6 +149,12 @@ def test_rv_to2_addr_roundtrip() -> None:
     roundtrip(addr, RvTo2Addr)
     with pytest.raises(FdoMessageError, match="IP address or a DNS name"):
         RvTo2AddrEntry.from_cbor([None, None, 80, 3])
+
+
+def test_an_ip_address_of_the_wrong_size_gets_the_specs_invalid_ip_code() -> None:
+    with pytest.raises(FdoMessageError, match=r"RVTO2AddrEntry\[0\]: an IP address is 4") as caught:
+        RvTo2AddrEntry.from_cbor([b"\x0a\x00\x00", None, 80, 3])
+    assert caught.value.code == ErrorCode.INVALID_IP_ADDRESS
 
 
 def test_eat_payload_roundtrip_and_old_ueid_claim() -> None:

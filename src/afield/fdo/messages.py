@@ -395,7 +395,9 @@ class _Signed(Message):
     token: Sign1
 
     def to_cbor(self) -> Any:
-        return self.token.to_cbor()
+        # A token received (or stored) goes out as the very bytes that were signed, so a
+        # relayed signature (TO1.RVRedirect's to1d) is never re-encoded on its way.
+        return RawCbor(self.token.raw) if self.token.raw is not None else self.token.to_cbor()
 
     @classmethod
     def from_cbor(cls, value: Any) -> Message:

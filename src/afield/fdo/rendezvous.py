@@ -30,7 +30,7 @@ from enum import IntEnum
 from typing import Any
 
 from afield.fdo import _check as check
-from afield.fdo._errors import FdoMessageError
+from afield.fdo._errors import ErrorCode, FdoMessageError
 from afield.fdo.cbor import encode
 from afield.fdo.types import Hash
 
@@ -393,6 +393,12 @@ class RvTo2AddrEntry:
         """Parse one entry."""
         fields = check.array(value, where, 4)
         ip = None if fields[0] is None else check.bstr(fields[0], f"{where}[0]")
+        if ip is not None and len(ip) not in (4, 16):
+            raise FdoMessageError(
+                f"an IP address is 4 (IPv4) or 16 (IPv6) bytes, not {len(ip)}",
+                where=f"{where}[0]",
+                code=ErrorCode.INVALID_IP_ADDRESS,
+            )
         dns = None if fields[1] is None else check.tstr(fields[1], f"{where}[1]")
         port = check.uint(fields[2], f"{where}[2]", 16)
         number = check.uint(fields[3], f"{where}[3]", 8)

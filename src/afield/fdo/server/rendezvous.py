@@ -62,7 +62,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -78,7 +78,7 @@ from afield._sql import as_utc
 from afield.errors import ProtocolError
 from afield.fdo import _check as check
 from afield.fdo._errors import ErrorCode, FdoMessageError, VerifyError, VoucherError
-from afield.fdo.cbor import RawCbor, decode
+from afield.fdo.cbor import decode
 from afield.fdo.cose import Sign1
 from afield.fdo.eat import EAT_NONCE, EUPH_NONCE, EatPayload
 from afield.fdo.messages import (
@@ -279,13 +279,6 @@ class SqlRendezvousStore(SqlStore):
 # --- protocol steps -------------------------------------------------------------------------
 
 
-class _Redirect(TO1RVRedirect):
-    """TO1.RVRedirect that sends the stored to1d's exact bytes, not a re-encoding."""
-
-    def to_cbor(self) -> Any:
-        return RawCbor(self.token.raw) if self.token.raw is not None else super().to_cbor()
-
-
 def _device_key(voucher: Voucher) -> PublicKeyType:
     """The public key of the voucher's device certificate (the first of OVDevCertChain)."""
     if not voucher.cert_chain:
@@ -459,7 +452,7 @@ class _Rendezvous:
             raise VerifyError("TO1.ProveToRV: EAT nonce does not match TO1.HelloRVAck's")
         if eat.guid != guid:
             raise VerifyError("TO1.ProveToRV: EAT UEID names another device than TO1.HelloRV")
-        return _Redirect(Sign1.decode(registration.to1d))
+        return TO1RVRedirect(Sign1.decode(registration.to1d))
 
 
 def create_rendezvous_app(
