@@ -33,7 +33,6 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from afield.fdo.credential import DeviceCredential
 from afield.fdo.modules import AFIELD, DOWNLOAD, DeviceModules, DownloadFile, Handoff
 from afield.fdo.pki import load_private_key
 from afield.fdo.serviceinfo import Devmod
-from afield.fdo.to1 import find_owner
+from afield.fdo.to1 import device_rv_targets, find_owner
 from afield.fdo.to2 import owner_urls, run_to2
 
 GOAL_LATENCY_MS = 200.0
@@ -96,19 +95,14 @@ def _onboard(device: Path) -> float:
     credential = DeviceCredential.from_cbor(decode((device / "credential.cbor").read_bytes()))
     key = load_private_key(device / "credential.cbor.key.pem")
     started = time.perf_counter()
-    for directive_url in _rv_urls(credential):
-        found = find_owner(directive_url, credential, key)
+    for target in device_rv_targets(credential.rv_info):
+        found = find_owner(target.url, credential, key)
         for owner in owner_urls(found.addrs):
             modules = DeviceModules()
             run_to2(owner, credential, key, to1d=found.to1d, devmod=DEVMOD, handler=modules)
             modules.handoff()
             return time.perf_counter() - started
     raise RuntimeError(f"{device}: no rendezvous directive")
-
-
-def _rv_urls(credential: DeviceCredential) -> Iterator[str]:
-    for directive in credential.rv_info.for_device():
-        yield from directive.urls()
 
 
 def _onboard_all(devices: list[Path]) -> list[float]:

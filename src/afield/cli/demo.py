@@ -114,19 +114,14 @@ def _update(device: Device, url: str, *, full: int | None) -> None:
 def _onboard(workdir: Path, device: Device, url: str, root_json: Path) -> str:
     """DI at the factory, then zero-touch onboarding; returns the update URL the owner gave."""
     # Server-only code (Starlette, SQLAlchemy): imported when used.
-    from afield.device.onboard import CREDENTIAL, OnboardOptions, onboard
-    from afield.fdo.client import manufacture
+    from afield.device.onboard import OnboardOptions, manufacture, onboard
     from afield.fdo.modules import Handoff
     from afield.fdo.server.site import local_site
 
     shutil.rmtree(workdir / "fdo", ignore_errors=True)
     handoff = Handoff(fleet_url=url, tuf_root=root_json.read_bytes())
     with local_site(workdir / "fdo", handoff) as site:
-        credentials = device.state.directory / "fdo"
-        credentials.mkdir(mode=0o700, parents=True, exist_ok=True)
-        made = manufacture(
-            site.manufacturer_url, credentials / CREDENTIAL, device_info="acme gateway"
-        )
+        made, _ = manufacture(device, site.manufacturer_url, device_info="acme gateway")
         console.print(f"factory: DI gave the device its FDO credential, GUID {made.guid}")
         site.sell(made.guid)
         console.print("its voucher went to the owner, who registered it at the rendezvous server")

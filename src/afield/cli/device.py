@@ -13,9 +13,9 @@ from afield.cli._progress import DownloadProgress
 from afield.device.bootseq import boot_once, healthcheck_booted
 from afield.device.lifecycle import Device
 from afield.device.onboard import OnboardOptions, onboard
+from afield.device.onboard import manufacture as manufacture_device
 from afield.device.status import device_status
 from afield.device.update import update as update_device
-from afield.fdo.client import manufacture as fdo_manufacture
 
 app = typer.Typer(
     help="Install, update, boot and roll back a device's sysroot.", no_args_is_help=True
@@ -137,27 +137,14 @@ def manufacture(
 ) -> None:
     """Device Initialize (FDO DI): get the device's credential; the factory keeps the voucher."""
     device = Device.open(sysroot)
-    directory = device.state.directory / "fdo"
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    credential = fdo_manufacture(
-        manufacturer,
-        directory / "credential.cbor",
-        device_info=device_info,
-        key_curve=curve,
-        serial_number=serial,
+    credential, path = manufacture_device(
+        device, manufacturer, device_info=device_info, key_curve=curve, serial_number=serial
     )
     guid = str(credential.guid)
-    device.state.record("manufactured", guid=guid, device_info=credential.device_info)
     if as_json:
-        print_json(
-            {
-                "guid": guid,
-                "device_info": credential.device_info,
-                "credential": str(directory / "credential.cbor"),
-            }
-        )
+        print_json({"guid": guid, "device_info": credential.device_info, "credential": str(path)})
         return
-    console.print(f"manufactured: device GUID {guid}; credential in {directory}", soft_wrap=True)
+    console.print(f"manufactured: device GUID {guid}; credential in {path.parent}", soft_wrap=True)
 
 
 @app.command("onboard")

@@ -41,6 +41,7 @@ from afield.device.lifecycle import Device
 from afield.device.state import atomic_write
 from afield.errors import DeviceError, FdoError, TransportError
 from afield.fdo.cbor import decode, encode
+from afield.fdo.client import manufacture as fdo_manufacture
 from afield.fdo.credential import DeviceCredential
 from afield.fdo.modules import AFIELD, DOWNLOAD, DeviceModules, Handoff
 from afield.fdo.pki import load_private_key
@@ -53,6 +54,7 @@ __all__ = [
     "CREDENTIAL",
     "OnboardOptions",
     "OnboardResult",
+    "manufacture",
     "onboard",
     "onboarding_status",
 ]
@@ -107,6 +109,28 @@ class OnboardResult:
 
 def _fdo_dir(device: Device) -> Path:
     return device.state.directory / "fdo"
+
+
+def manufacture(
+    device: Device,
+    url: str,
+    *,
+    device_info: str,
+    key_curve: str = "P-384",
+    serial_number: str | None = None,
+) -> tuple[DeviceCredential, Path]:
+    """DI at the factory: the credential and key go to ``/var/lib/afield/fdo`` (mode 0700) and
+    the journal records it; returns the credential and its path."""
+    directory = _fdo_dir(device)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / CREDENTIAL
+    credential = fdo_manufacture(
+        url, path, device_info=device_info, key_curve=key_curve, serial_number=serial_number
+    )
+    device.state.record(
+        "manufactured", guid=str(credential.guid), device_info=credential.device_info
+    )
+    return credential, path
 
 
 def _read_credential(path: Path) -> DeviceCredential:
@@ -228,7 +252,7 @@ def onboard(device: Device, options: OnboardOptions | None = None) -> OnboardRes
     options = options or OnboardOptions()
     started = time.monotonic()
     attempt = _Attempt(device, options)
-    record = onboarding_status(device)
+    record = _record(device)
     if record.get("completed"):
         raise DeviceError(
             f"device {record['guid']} is already onboarded (owner {record.get('owner_url')})"
@@ -283,15 +307,23 @@ def _write_record(device: Device, result: OnboardResult) -> None:
     _write(device.state.directory / RECORD, json.dumps(record, indent=2).encode())
 
 
+def _record(device: Device) -> dict[str, Any]:
+    """``onboarding.json``, or ``{}`` when the device has not onboarded."""
+    record = device.state.directory / RECORD
+    if not record.exists():
+        return {}
+    try:
+        data: dict[str, Any] = json.loads(record.read_text())
+        return data
+    except ValueError as e:
+        return {"completed": False, "error": f"{record}: {e}"}
+
+
 def onboarding_status(device: Device) -> dict[str, Any]:
     """``{guid, completed, fleet_url, owner_url}``; ``{}`` for a device never manufactured."""
-    record = device.state.directory / RECORD
-    if record.exists():
-        try:
-            data: dict[str, Any] = json.loads(record.read_text())
-            return data
-        except ValueError as e:
-            return {"completed": False, "error": f"{record}: {e}"}
+    record = _record(device)
+    if record:
+        return record
     path = _fdo_dir(device) / CREDENTIAL
     if not path.exists():
         return {}

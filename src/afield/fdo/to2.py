@@ -59,7 +59,6 @@ and applying what the owner gave (:mod:`afield.device.onboard`), the service inf
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import re
 from collections.abc import Callable
@@ -198,10 +197,6 @@ def _modules_kv(names: list[str], start: int, count: int) -> ServiceInfoKV:
     return ServiceInfoKV.of("devmod", "modules", [start, count, *names[start : start + count]])
 
 
-def _same(a: Nonce, b: Nonce) -> bool:
-    return hmac.compare_digest(a.value, b.value)
-
-
 @dataclass(frozen=True)
 class _OwnerProof:
     """What a checked TO2.ProveOVHdr established."""
@@ -252,7 +247,7 @@ def _check_prove_ovhdr(
     except VerifyError as e:
         raise VerifyError(f"{where}: not signed by the key in CUPHOwnerPubKey: {e}") from None
     payload = ProveOVHdrPayload.from_cbor(check.cbor_in_bstr(token.payload, where), where)
-    if not _same(payload.nonce, hello.nonce):
+    if not payload.nonce.matches(hello.nonce):
         raise VerifyError(f"{where}: NonceTO2ProveOV is not the nonce of this TO2.HelloDevice")
     if not payload.hello_device_hash.matches(hello.encode()):
         raise VerifyError(f"{where}: helloDeviceHash is not the hash of this TO2.HelloDevice")
@@ -276,7 +271,7 @@ def _check_setup(token: Sign1, nonce: Nonce) -> SetupDevicePayload:
         token.verify(payload.owner2_key)
     except VerifyError as e:
         raise VerifyError(f"{where}: not signed by its Owner2Key: {e}") from None
-    if not _same(payload.nonce, nonce):
+    if not payload.nonce.matches(nonce):
         raise VerifyError(f"{where}: NonceTO2SetupDv is not the nonce of this TO2.ProveDevice")
     return payload
 
@@ -436,7 +431,7 @@ class _Device:
     def done(self, proof: _OwnerProof, setup: _Setup) -> None:
         """TO2.Done -> TO2.Done2, checked."""
         answer = self.send(TO2Done(proof.nonce_prove_dv), TO2Done2, cipher=setup.tunnel)
-        if not _same(answer.nonce, setup.nonce_setup_dv):
+        if not answer.nonce.matches(setup.nonce_setup_dv):
             raise VerifyError(
                 f"{TO2Done2.NAME}: NonceTO2SetupDv is not the nonce of this TO2.ProveDevice"
             )

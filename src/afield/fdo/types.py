@@ -94,6 +94,10 @@ class Nonce:
         """A new random nonce."""
         return cls(os.urandom(16))
 
+    def matches(self, other: Nonce) -> bool:
+        """Whether ``other`` is the same nonce, compared in constant time."""
+        return hmac.compare_digest(self.value, other.value)
+
     def to_cbor(self) -> bytes:
         """``bstr .size 16``."""
         return self.value

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from cryptography import x509
@@ -208,9 +209,9 @@ class Voucher:
     entries: list[Sign1] = field(default_factory=list)
     protocol_version: int = PROTOCOL_VERSION
 
-    @property
+    @cached_property
     def header(self) -> OVHeader:
-        """The decoded header."""
+        """The decoded header (decoded once per voucher)."""
         return OVHeader.from_cbor(decode(self.header_bytes), "OVHeader")
 
     @classmethod

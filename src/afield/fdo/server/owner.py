@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -224,10 +223,6 @@ def _of(message: Message, kind: type[_M]) -> _M:
     return message
 
 
-def _same(a: Nonce, b: Nonce) -> bool:
-    return hmac.compare_digest(a.value, b.value)
-
-
 def _run(session: Session) -> _Run:
     run = session.state.get("to2")
     if not isinstance(run, _Run):
@@ -379,7 +374,7 @@ class _Owner:
         except VerifyError:
             raise VerifyError(f"{where}: the EAT is not signed by the device's key") from None
         eat = EatPayload.from_cbor(check.cbor_in_bstr(token.payload, where), f"{where}.EAT")
-        if not _same(eat.nonce, run.nonce_prove_dv):
+        if not eat.nonce.matches(run.nonce_prove_dv):
             raise VerifyError(f"{where}: the EAT nonce is not this session's NonceTO2ProveDv")
         if eat.guid != run.guid:
             raise VerifyError(f"{where}: the EAT UEID is not the device's GUID")
@@ -493,7 +488,7 @@ class _Owner:
     def done(self, message: Message, session: Session) -> Message:
         """TO2.Done -> TO2.Done2: the nonces close the run; only now is the store written."""
         done, run = _of(message, TO2Done), _run(session)
-        if not _same(done.nonce, run.nonce_prove_dv):
+        if not done.nonce.matches(run.nonce_prove_dv):
             raise VerifyError(f"{TO2Done.NAME}: NonceTO2ProveDv is not this session's")
         if self.settings.on_device_replies is not None:
             self.settings.on_device_replies(run.guid, list(run.replies))

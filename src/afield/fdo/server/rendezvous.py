@@ -57,7 +57,6 @@ rate limits and abuse control per owner, TLS (a reverse proxy), the CLI (``afiel
 from __future__ import annotations
 
 import datetime
-import hmac
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -364,7 +363,7 @@ class _Rendezvous:
         if not isinstance(message, TO0Hello):
             raise TypeError(f"TO0.Hello step given {type(message).__name__}")
         nonce = Nonce.random()
-        session.state["nonce"] = nonce.value
+        session.state["nonce"] = nonce
         return TO0HelloAck(nonce)
 
     def _owner_key(self, voucher: Voucher) -> PublicKey:
@@ -398,7 +397,7 @@ class _Rendezvous:
         if not isinstance(message, TO0OwnerSign):
             raise TypeError(f"TO0.OwnerSign step given {type(message).__name__}")
         to0d = message.to0d
-        if not hmac.compare_digest(to0d.nonce.value, session.state["nonce"]):
+        if not to0d.nonce.matches(session.state["nonce"]):
             raise VerifyError("TO0.OwnerSign[0]: NonceTO0Sign does not match TO0.HelloAck's")
         voucher = to0d.voucher
         owner = self._owner_key(voucher)
@@ -433,7 +432,7 @@ class _Rendezvous:
             )
         self._live(message.guid)
         nonce = Nonce.random()
-        session.state.update(guid=message.guid, nonce=nonce.value)
+        session.state.update(guid=message.guid, nonce=nonce)
         return TO1HelloRVAck(nonce, SigInfo(sig_type))
 
     def prove_to_rv(self, message: Message, session: Session) -> Message:
@@ -448,7 +447,7 @@ class _Rendezvous:
                 "TO1.ProveToRV: the EAT is not signed by the registered device's key"
             ) from None
         eat = _eat(message.token)
-        if not hmac.compare_digest(eat.nonce.value, session.state["nonce"]):
+        if not eat.nonce.matches(session.state["nonce"]):
             raise VerifyError("TO1.ProveToRV: EAT nonce does not match TO1.HelloRVAck's")
         if eat.guid != guid:
             raise VerifyError("TO1.ProveToRV: EAT UEID names another device than TO1.HelloRV")
