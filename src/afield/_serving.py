@@ -58,7 +58,7 @@ def url_of(sock: socket.socket) -> str:
 def _server(app: ASGIApp) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
-        lifespan="off",
+        lifespan="auto",
         ws="none",
         http="h11",
         log_config=None,

@@ -50,7 +50,7 @@ class Server:
 
 @contextmanager
 def serving(db_url: str, repo_dir: Path | None = None) -> Iterator[Server]:
-    settings = FleetSettings(db_url=db_url, repo_dir=repo_dir, clock=lambda: NOW)
+    settings = FleetSettings(db_url=db_url, repo_dir=repo_dir, runner_interval=0, clock=lambda: NOW)
     app = create_app(settings)
     db: Database = app.state.db
     admin_token = create_token(db, "ops", "admin")

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
 
-from afield.fleet.db import Database, DatabaseError
+from afield.fleet.db import Database, DatabaseError, alembic_config
 from afield.fleet.models import (
     Device,
     DeviceStatus,
@@ -26,6 +28,7 @@ from tests.postgres import cluster, new_database
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 OFFLINE_AFTER = 300.0
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def _schema_differences(db: Database) -> list[object]:
@@ -44,14 +47,34 @@ def sqlite_db(tmp_path: Path) -> Iterator[Database]:
 def test_upgrade_on_an_empty_sqlite_database_gives_the_models_schema(sqlite_db: Database) -> None:
     assert sqlite_db.revision() is None
     sqlite_db.upgrade()
-    assert sqlite_db.revision() == "0001"
+    assert sqlite_db.revision() == HEAD
     assert _schema_differences(sqlite_db) == []
 
 
 def test_upgrade_twice_is_a_no_op(sqlite_db: Database) -> None:
     sqlite_db.upgrade()
     sqlite_db.upgrade()
-    assert sqlite_db.revision() == "0001"
+    assert sqlite_db.revision() == HEAD
+
+
+def test_upgrading_a_database_with_devices_keeps_them(sqlite_db: Database) -> None:
+    sqlite_db.upgrade("0001")
+    with sqlite_db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO devices (id, name, labels, updating, phase, created) "
+                "VALUES ('dev-1', 'one', '{\"site\": \"berlin\"}', 0, 'idle', "
+                "'2026-01-01 00:00:00')"
+            )
+        )
+    sqlite_db.upgrade()
+    with sqlite_db.sessions() as session:
+        device = session.get(Device, "dev-1")
+        assert device is not None
+        assert device.labels == {"site": "berlin"}
+        assert device.report == {}
+        assert device.desired_release_id is None
+    assert _schema_differences(sqlite_db) == []
 
 
 def test_sqlite_database_runs_in_wal_mode(sqlite_db: Database) -> None:
@@ -75,7 +98,7 @@ def test_upgrade_on_an_empty_postgresql_database_gives_the_models_schema() -> No
         try:
             db.upgrade()
             db.upgrade()
-            assert db.revision() == "0001"
+            assert db.revision() == HEAD
             assert _schema_differences(db) == []
         finally:
             db.close()

@@ -57,6 +57,7 @@ __all__ = [
     "CertifiedKey",
     "Pki",
     "PkiError",
+    "build_certificate",
     "fingerprint",
     "init_pki",
     "issue_device_certificate",
@@ -161,7 +162,7 @@ def _key_usage(*, sign: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
     return x509.KeyUsage(sign, False, False, False, False, cert_sign, cert_sign, False, False)
 
 
-def _certificate(
+def build_certificate(
     *,
     subject: x509.Name,
     public_key: PublicKeyType,
@@ -228,7 +229,7 @@ def init_pki(
     pairs: dict[str, CertifiedKey] = {}
     for role, title in zip(ROLES, ("manufacturer", "device CA", "owner"), strict=True):
         key = ec.generate_private_key(CURVES[curve]())
-        cert = _certificate(
+        cert = build_certificate(
             subject=_name(f"{organization} FDO {title}", organization),
             public_key=key.public_key(),
             issuer=None,
@@ -378,7 +379,7 @@ def issue_device_certificate(
         )
     start = aware_now(now) - _BACKDATE
     end = min(start + _BACKDATE + validity, ca.cert.not_valid_after_utc)
-    return _certificate(
+    return build_certificate(
         subject=_name(str(guid)),
         public_key=public,
         issuer=ca,

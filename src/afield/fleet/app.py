@@ -1,10 +1,11 @@
 """The fleet manager as one ASGI app: ``create_app(settings)``.
 
 :func:`create_app` opens the database, migrates it to the newest schema (before the first
-request, since the servers run uvicorn without a lifespan), and assembles:
+request), loads or creates the device CA, registers the served repository's releases, and
+assembles:
 
-* ``/api/v1/...``: the API (:mod:`afield.fleet.api`), OpenAPI at ``/docs`` and
-  ``/openapi.json``;
+* ``/api/v1/...``: the admin API and the device API (:mod:`afield.fleet.api`), OpenAPI at
+  ``/docs`` and ``/openapi.json``;
 * ``/repo/``: the update repository (:func:`afield.release.serve.create_repo_app`) when
   ``settings.repo_dir`` is given;
 * ``/healthz``: ``{"status": "ok"}`` once the database answers, else 503;
@@ -19,20 +20,25 @@ route, status, duration, client, and the token's actor when one was checked). Bo
 one place: every refused request gets ``{"error", "field", "problems"}`` and a 4xx, whatever
 refused it (validation, authentication, the engine), never a 500 for bad input.
 
-What it leaves to others: TLS (a reverse proxy), the FDO servers' mounts, the dashboard, the
-device API and the rollout runner (later slices), running it (``afield serve``).
+The rollout runner (:class:`~afield.fleet.runner.RolloutRunner`) steps rollouts in a thread
+the app's lifespan starts and stops (``settings.runner_interval`` seconds between ticks; 0
+starts none, and tests step it by hand through ``app.state.runner``).
+
+What it leaves to others: TLS (a reverse proxy), the FDO servers' mounts, the dashboard,
+running it (``afield serve``).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +56,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from afield.errors import AfieldError, FleetError
 from afield.fleet.api import api_router
 from afield.fleet.api.deps import ApiError, Problem, error_body
+from afield.fleet.api.device import DeviceService
 from afield.fleet.auth import AccessError
+from afield.fleet.ca import load_or_create_ca
 from afield.fleet.db import DEFAULT_URL, Database, DatabaseError
 from afield.fleet.models import Device, DeviceStatus, device_status, utcnow
 from afield.fleet.policy import RolloutPolicyError, SelectorError
 from afield.fleet.rollout import RolloutError
+from afield.fleet.runner import RolloutRunner
 
 __all__ = ["ACCESS_LOGGER", "FleetMetrics", "FleetSettings", "create_app"]
 
@@ -81,6 +90,10 @@ class FleetSettings:
         repo_dir: an afield repository to serve at ``/repo/`` (None: not served).
         offline_after: seconds without a check-in after which a device is Offline.
         max_body_bytes: the largest request body accepted (413 above).
+        repo_url: where devices fetch updates, absolute or relative to this server
+            (default ``/repo/`` when ``repo_dir`` is served, else none).
+        poll_seconds: how often devices are told to poll.
+        runner_interval: seconds between rollout runner ticks (0: no runner thread).
         clock: the current time (timezone-aware); tests fix it.
     """
 
@@ -88,12 +101,23 @@ class FleetSettings:
     repo_dir: Path | None = None
     offline_after: float = 300.0
     max_body_bytes: int = 64 * 1024
+    repo_url: str | None = None
+    poll_seconds: int = 30
+    runner_interval: float = 2.0
     clock: Callable[[], datetime.datetime] = field(default=utcnow, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 < self.offline_after < 10 * 365 * 86400:
             raise _settings_error(
                 "offline_after", f"{self.offline_after!r}: expected seconds above 0"
+            )
+        if not 1 <= self.poll_seconds <= 86400:
+            raise _settings_error(
+                "poll_seconds", f"{self.poll_seconds!r}: expected 1 to 86400 seconds"
+            )
+        if not 0 <= self.runner_interval <= 3600:
+            raise _settings_error(
+                "runner_interval", f"{self.runner_interval!r}: expected 0 to 3600 seconds"
             )
         if self.max_body_bytes < 1024:
             raise _settings_error(
@@ -399,7 +423,33 @@ def create_app(settings: FleetSettings | None = None, *, db: Database | None = N
     database = db if db is not None else Database(settings.db_url)
     database.upgrade()
     metrics = FleetMetrics()
+    ca = load_or_create_ca(database, settings.clock())
+    repo_url = settings.repo_url or ("/repo/" if settings.repo_dir is not None else None)
+    devices = DeviceService(
+        database, ca, clock=settings.clock, repo_url=repo_url, poll_seconds=settings.poll_seconds
+    )
+    runner = RolloutRunner(
+        database,
+        clock=settings.clock,
+        offline_after=settings.offline_after,
+        notifier=devices.notifier,
+        doorbell=devices.doorbell,
+        interval=settings.runner_interval or 2.0,
+        repo_dir=settings.repo_dir,
+    )
+    runner.sync()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.runner_interval:
+            runner.start()
+        try:
+            yield
+        finally:
+            runner.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="afield fleet manager",
         version="1",
         summary="Devices, fleets, releases, rollouts and the audit trail of an afield fleet.",
@@ -411,6 +461,8 @@ def create_app(settings: FleetSettings | None = None, *, db: Database | None = N
     app.state.clock = settings.clock
     app.state.offline_after = settings.offline_after
     app.state.metrics = metrics
+    app.state.devices = devices
+    app.state.runner = runner
     app.include_router(api_router())
     _install_error_handlers(app)
 

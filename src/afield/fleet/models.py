@@ -1,10 +1,12 @@
 """The fleet manager's tables (SQLAlchemy 2, typed ``Mapped[...]``) and the conversions around them.
 
-Six tables: ``devices`` (what each device runs and reported last, and where it is in a rollout),
-``fleets`` (a label selector, a target release, a rollout policy), ``releases`` (image, arch,
-version, commit), ``rollouts`` (a fleet moving to a release: the engine's
-:class:`~afield.fleet.rollout.RolloutState` as JSON beside its status), ``events`` (the audit
-trail) and ``api_tokens`` (admin and viewer bearer tokens, stored as SHA-256 digests only).
+Eight tables: ``devices`` (identity, what each device runs and reported last, the release it
+should run, and where it is in a rollout), ``fleets`` (a label selector, a target release, a
+rollout policy), ``releases`` (image, arch, version, commit), ``rollouts`` (a fleet moving to a
+release: the engine's :class:`~afield.fleet.rollout.RolloutState` as JSON beside its status),
+``events`` (the audit trail), ``api_tokens`` (admin and viewer bearer tokens, stored as SHA-256
+digests only), ``enrollment_tokens`` (one-time tokens a device trades for its certificate, also
+digests only) and ``certificate_authorities`` (the CA that certifies device keys).
 Constraint and index names follow one naming convention, so Alembic migrations and PostgreSQL
 agree on them.
 
@@ -47,8 +49,10 @@ from afield.fleet.rollout import Cause, Counters, DeviceView, Phase, RolloutStat
 __all__ = [
     "ApiToken",
     "Base",
+    "CertificateAuthority",
     "Device",
     "DeviceStatus",
+    "EnrollmentToken",
     "Event",
     "Fleet",
     "Release",
@@ -107,7 +111,10 @@ class Device(Base):
     result of its last health checks (None: none reported), ``updating`` whether it reported an
     update in progress, ``rolled_back_at`` when it last fell back (cleared once an update
     succeeds). ``rollout_id``, ``phase``, ``batch``, ``assigned_at`` and ``booted_at`` mirror
-    :class:`~afield.fleet.rollout.DeviceView` for the rollout named by ``rollout_id``.
+    :class:`~afield.fleet.rollout.DeviceView` for the rollout named by ``rollout_id``;
+    ``desired_release_id`` is the release the device is told to run (what the rollout runner
+    assigned last). ``public_key`` (PEM) is the key its certificate certifies: every device
+    request is signed with it. ``report`` is the device's last status report as it sent it.
     """
 
     __tablename__ = "devices"
@@ -131,6 +138,16 @@ class Device(Base):
     assigned_at: Mapped[datetime.datetime | None]
     booted_at: Mapped[datetime.datetime | None]
     created: Mapped[datetime.datetime] = mapped_column(default=utcnow)
+    guid: Mapped[str | None] = mapped_column(String(36))
+    image: Mapped[str | None] = mapped_column(String(64))
+    arch: Mapped[str | None] = mapped_column(String(32))
+    public_key: Mapped[str | None] = mapped_column(Text)
+    cert_serial: Mapped[str | None] = mapped_column(String(40))
+    enrolled_at: Mapped[datetime.datetime | None]
+    desired_release_id: Mapped[int | None] = mapped_column(
+        ForeignKey("releases.id", ondelete="SET NULL"), index=True
+    )
+    report: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class Fleet(Base):
@@ -152,7 +169,11 @@ class Fleet(Base):
 
 
 class Rollout(Base):
-    """One fleet moving to one release; ``state`` is the engine's RolloutState as JSON."""
+    """One fleet moving to one release; ``state`` is the engine's RolloutState as JSON.
+
+    ``revision`` counts writes of ``state``: the rollout runner writes only if it is still the
+    one it read, so an operator's pause never gets overwritten by a step computed before it.
+    """
 
     __tablename__ = "rollouts"
 
@@ -163,6 +184,7 @@ class Rollout(Base):
     state: Mapped[dict[str, Any]]
     created: Mapped[datetime.datetime]
     updated: Mapped[datetime.datetime]
+    revision: Mapped[int] = mapped_column(Integer, default=0)
 
     fleet: Mapped[Fleet] = relationship(lazy="joined")
     release: Mapped[Release] = relationship(lazy="joined")
@@ -197,6 +219,41 @@ class ApiToken(Base):
     created: Mapped[datetime.datetime]
     last_used: Mapped[datetime.datetime | None]
     revoked: Mapped[datetime.datetime | None]
+
+
+class EnrollmentToken(Base):
+    """A one-time token a device trades for its certificate: only its SHA-256 is kept.
+
+    ``guid`` is the FDO GUID of the device the owner handed it to (None for tokens an operator
+    made); ``labels`` are given to the device that uses it. ``used_at`` and ``device_id`` are
+    set by the one enrollment that spends it.
+    """
+
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    guid: Mapped[str | None] = mapped_column(String(36))
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created: Mapped[datetime.datetime]
+    expires: Mapped[datetime.datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime.datetime | None]
+    device_id: Mapped[str | None] = mapped_column(String(128))
+
+
+class CertificateAuthority(Base):
+    """The CA that certifies device keys: its certificate and private key (PEM).
+
+    One row; the first server start creates it. The key is as safe as the database.
+    """
+
+    __tablename__ = "certificate_authorities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    certificate: Mapped[str] = mapped_column(Text)
+    private_key: Mapped[str] = mapped_column(Text)
+    created: Mapped[datetime.datetime]
 
 
 metadata = Base.metadata

@@ -242,6 +242,7 @@ def _act(
     rollout.state = state_to_json(after)
     rollout.status = after.status.value
     rollout.updated = now
+    rollout.revision += 1
     details: dict[str, Any] = {"from": before.status.value, "to": after.status.value}
     if reason:
         details["reason"] = reason

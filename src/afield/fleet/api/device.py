@@ -1,0 +1,484 @@
+"""The device API: enroll, long-poll the desired state, report status (and enrollment tokens).
+
+The wire format and the request signatures are :mod:`afield.fleet.protocol`'s; this module is
+the server side:
+
+* ``POST /api/v1/device/enroll`` (no signature: the token is the credential) checks the token
+  (:mod:`afield.fleet.enrollment`), the CSR, issues the certificate from the fleet's CA
+  (:mod:`afield.fleet.ca`) and creates or re-keys the device record, all in one transaction:
+  a refused enrollment spends nothing. The device id is the FDO GUID the token was made for,
+  else a new random one.
+* ``GET /api/v1/device/desired?wait=S``: the desired state with an ``ETag``. With a matching
+  ``If-None-Match`` the request waits up to ``S`` seconds for the rollout runner to change it
+  (:class:`~afield.fleet.notify.Notifier`), then answers ``304``. A poll is a check-in:
+  ``last_seen`` is written when it is more than :data:`SEEN_EVERY` old.
+* ``POST /api/v1/device/status``: the report updates the device's record and rollout phase
+  (:func:`afield.fleet.reports.apply_report`) and rings the runner's doorbell.
+* ``POST /api/v1/enrollment-tokens`` (admin): ``count`` tokens for devices that did not
+  onboard through this server's FDO owner (simulators, manual installs).
+
+Signed requests are checked in this order: the header parses, the device exists and is
+enrolled, the time is within :data:`~afield.fleet.protocol.MAX_SKEW`, the signature verifies
+with the device's certified key, and the nonce was not seen in that window (one process keeps
+the nonces; several API processes behind a balancer should pin a device to one). A request is
+about its signer only: no route takes a device id, so a device can read and change only its
+own record.
+
+What it leaves to others: what a report means (:mod:`afield.fleet.reports`), deciding who
+updates (:mod:`afield.fleet.runner`), the admin view of devices (:mod:`afield.fleet.api.devices`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from afield.fleet.api.deps import ApiError, NowDep, SessionDep, record
+from afield.fleet.auth import AccessError, AdminDep
+from afield.fleet.ca import CsrError, DeviceCA
+from afield.fleet.db import Database
+from afield.fleet.enrollment import EnrollmentError, find_token, new_tokens, spend_token
+from afield.fleet.models import Device, Release, Rollout
+from afield.fleet.notify import Doorbell, Notifier
+from afield.fleet.protocol import (
+    DESIRED_PATH,
+    ENROLL_PATH,
+    MAX_SKEW,
+    MAX_WAIT,
+    STATUS_PATH,
+    DesiredRelease,
+    DesiredState,
+    DeviceAuth,
+    DeviceAuthError,
+    EnrollRequest,
+    EnrollResponse,
+    StatusReport,
+    parse_authorization,
+    verify_request,
+)
+from afield.fleet.reports import apply_report
+
+__all__ = [
+    "SEEN_EVERY",
+    "DeviceService",
+    "EnrollmentTokens",
+    "EnrollmentTokensCreate",
+    "StatusAccepted",
+    "router",
+    "tokens_router",
+]
+
+router = APIRouter(tags=["device"])
+tokens_router = APIRouter(prefix="/enrollment-tokens", tags=["enrollment"])
+_API = "/api/v1"
+SEEN_EVERY = datetime.timedelta(seconds=5)
+_KEYS_CACHED = 100_000
+_NONCES_KEPT = 1_000_000
+_LABEL = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$"
+
+
+class _Nonces:
+    """Nonces seen in the last :data:`MAX_SKEW` seconds (twice, to cover both clock sides)."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_use(self, device_id: str, nonce: str, now: float) -> bool:
+        with self._lock:
+            while self._seen:
+                key, expires = next(iter(self._seen.items()))
+                if expires > now and len(self._seen) < _NONCES_KEPT:
+                    break
+                del self._seen[key]
+            if (device_id, nonce) in self._seen:
+                return False
+            self._seen[(device_id, nonce)] = now + 2 * MAX_SKEW
+            return True
+
+
+@dataclass(frozen=True)
+class _Signer:
+    """An authenticated device, as the row read to authenticate it."""
+
+    device_id: str
+    rollout_id: int | None
+    desired: DesiredRelease | None
+
+
+class DeviceService:
+    """What the device routes share: the database, the CA, wake-ups and caches."""
+
+    def __init__(
+        self,
+        db: Database,
+        ca: DeviceCA,
+        *,
+        clock: Callable[[], datetime.datetime],
+        repo_url: str | None,
+        poll_seconds: int = 30,
+    ) -> None:
+        self.db = db
+        self.ca = ca
+        self.clock = clock
+        self.repo_url = repo_url
+        self.poll_seconds = poll_seconds
+        self.notifier = Notifier()
+        self.doorbell = Doorbell()
+        self._nonces = _Nonces()
+        self._keys: OrderedDict[str, ec.EllipticCurvePublicKey] = OrderedDict()
+        self._keys_lock = threading.Lock()
+
+    # -- authentication ------------------------------------------------------------------------
+
+    def _public_key(self, pem: str) -> ec.EllipticCurvePublicKey:
+        with self._keys_lock:
+            key = self._keys.get(pem)
+            if key is not None:
+                self._keys.move_to_end(pem)
+                return key
+        loaded = serialization.load_pem_public_key(pem.encode())
+        if not isinstance(loaded, ec.EllipticCurvePublicKey):
+            raise AccessError("the device's stored key is not an EC key", status=401)
+        with self._keys_lock:
+            self._keys[pem] = loaded
+            if len(self._keys) > _KEYS_CACHED:
+                self._keys.popitem(last=False)
+        return loaded
+
+    def _verify(self, auth: DeviceAuth, pem: str | None, request: _Request) -> None:
+        if pem is None:
+            raise AccessError(
+                f"device {auth.device_id!r} is not enrolled; enroll at {ENROLL_PATH}", status=401
+            )
+        now = self.clock().timestamp()
+        try:
+            verify_request(
+                self._public_key(pem), auth, request.method, request.target, request.body, now
+            )
+        except DeviceAuthError as e:
+            raise AccessError(str(e), status=401) from None
+        if not self._nonces.first_use(auth.device_id, auth.nonce, now):
+            raise AccessError("Authorization: nonce already used (a replayed request)", status=401)
+
+    def authenticate_poll(self, auth: DeviceAuth, request: _Request) -> _Signer:
+        """Check a signed poll; record the check-in. Raises AccessError (401)."""
+        now = self.clock()
+        with self.db.sessions() as session:
+            row = session.execute(
+                select(
+                    Device.public_key,
+                    Device.last_seen,
+                    Device.rollout_id,
+                    Device.desired_release_id,
+                ).where(Device.id == auth.device_id)
+            ).first()
+            if row is None:
+                raise AccessError(f"no device {auth.device_id!r}; enroll first", status=401)
+            self._verify(auth, row.public_key, request)
+            if row.last_seen is None or now - _aware(row.last_seen) >= SEEN_EVERY:
+                session.execute(
+                    update(Device).where(Device.id == auth.device_id).values(last_seen=now)
+                )
+                session.commit()
+            desired = _release(session, row.desired_release_id)
+        return _Signer(auth.device_id, row.rollout_id, desired)
+
+    # -- desired state -------------------------------------------------------------------------
+
+    def desired_state(self, signer: _Signer) -> tuple[DesiredState, str]:
+        """The state and its ETag."""
+        state = DesiredState(
+            device_id=signer.device_id,
+            release=signer.desired,
+            rollout_id=signer.rollout_id if signer.desired is not None else None,
+            repo_url=self.repo_url,
+            poll_seconds=self.poll_seconds,
+        )
+        digest = hashlib.sha256(state.model_dump_json().encode()).hexdigest()[:32]
+        return state, f'"{digest}"'
+
+    def reread(self, device_id: str) -> _Signer:
+        """The device's desired release now (after a wake-up; no new check-in)."""
+        with self.db.sessions() as session:
+            row = session.execute(
+                select(Device.rollout_id, Device.desired_release_id).where(Device.id == device_id)
+            ).first()
+            if row is None:
+                raise AccessError(f"no device {device_id!r}", status=401)
+            return _Signer(device_id, row.rollout_id, _release(session, row.desired_release_id))
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def report(self, auth: DeviceAuth, request: _Request) -> str:
+        """Apply a signed status report; the device's desired ETag after it."""
+        now = self.clock()
+        with self.db.sessions() as session:
+            device = session.get(Device, auth.device_id)
+            if device is None:
+                raise AccessError(f"no device {auth.device_id!r}; enroll first", status=401)
+            self._verify(auth, device.public_key, request)
+            try:
+                report = StatusReport.model_validate_json(request.body)
+            except ValidationError as e:
+                raise RequestValidationError(_in_body(e.errors())) from None
+            rollout_commit = None
+            if device.rollout_id is not None:
+                rollout = session.get(Rollout, device.rollout_id)
+                rollout_commit = None if rollout is None else rollout.release.commit
+            desired = _release(session, device.desired_release_id)
+            events = apply_report(
+                device,
+                report,
+                rollout_commit=rollout_commit,
+                desired_commit=None if desired is None else desired.commit,
+                now=now,
+            )
+            actor = f"device:{device.id}"
+            for event in events:
+                record(
+                    session,
+                    actor=actor,
+                    kind=event.kind,
+                    subject=actor,
+                    now=now,
+                    details=event.details,
+                )
+            session.commit()
+            signer = _Signer(device.id, device.rollout_id, desired)
+        if signer.rollout_id is not None:
+            self.doorbell.ring()
+        return self.desired_state(signer)[1]
+
+    # -- enrollment ----------------------------------------------------------------------------
+
+    def enroll(
+        self, session: Session, body: EnrollRequest, now: datetime.datetime
+    ) -> EnrollResponse:
+        """Spend the token, certify the key, create or re-key the device (one transaction)."""
+        try:
+            token = find_token(session, body.token, now)
+        except EnrollmentError as e:
+            raise ApiError(401, str(e), field="token") from None
+        device_id = token.guid or f"dev-{uuid.uuid4().hex}"
+        try:
+            issued = self.ca.issue(body.csr, device_id, now)
+        except CsrError as e:
+            raise ApiError(422, str(e), field="csr") from None
+        try:
+            spend_token(session, token, device_id, now)
+        except EnrollmentError as e:
+            raise ApiError(401, str(e), field="token") from None
+        device = session.get(Device, device_id)
+        again = device is not None
+        if device is None:
+            device = Device(id=device_id, labels=dict(token.labels or {}), created=now)
+            session.add(device)
+        device.name = body.name or device.name or ""
+        device.guid = token.guid
+        device.image = body.image or device.image
+        device.arch = body.arch or device.arch
+        device.public_key = issued.public_key
+        device.cert_serial = issued.serial
+        device.enrolled_at = now
+        actor = f"device:{device_id}"
+        record(
+            session,
+            actor=actor,
+            kind="device.reenrolled" if again else "device.enrolled",
+            subject=actor,
+            now=now,
+            details={"serial": issued.serial, "guid": token.guid, "token_by": token.created_by},
+        )
+        session.commit()
+        return EnrollResponse(
+            device_id=device_id,
+            certificate=issued.certificate,
+            ca_certificate=self.ca.certificate_pem,
+        )
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What a signature covers."""
+
+    method: str
+    target: str
+    body: bytes
+
+
+def _target(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def _aware(value: datetime.datetime) -> datetime.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+
+
+def _release(session: Session, release_id: int | None) -> DesiredRelease | None:
+    if release_id is None:
+        return None
+    release = session.get(Release, release_id)
+    if release is None:
+        return None
+    return DesiredRelease(
+        image=release.image, arch=release.arch, version=release.version, commit=release.commit
+    )
+
+
+def _in_body(errors: list[Any]) -> list[Any]:
+    return [{**error, "loc": ("body", *error.get("loc", ()))} for error in errors]
+
+
+def _service(request: Request) -> DeviceService:
+    service: DeviceService = request.app.state.devices
+    return service
+
+
+def _auth(request: Request) -> DeviceAuth:
+    try:
+        auth = parse_authorization(request.headers.get("authorization"))
+    except DeviceAuthError as e:
+        raise AccessError(str(e), status=401) from None
+    request.state.actor = f"device:{auth.device_id}"
+    return auth
+
+
+def _matches(etag: str, if_none_match: str | None) -> bool:
+    if not if_none_match:
+        return False
+    return etag in (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+@router.post(ENROLL_PATH.removeprefix(_API), status_code=201, operation_id="device-enroll")
+def enroll(
+    request: Request, body: EnrollRequest, session: SessionDep, now: NowDep
+) -> EnrollResponse:
+    """Trade a one-time enrollment token and a CSR for the device's certificate."""
+    return _service(request).enroll(session, body, now)
+
+
+@router.get(
+    DESIRED_PATH.removeprefix(_API),
+    operation_id="device-desired",
+    responses={304: {"description": "Unchanged (If-None-Match matched, the wait ended)."}},
+)
+async def desired(
+    request: Request,
+    wait: Annotated[
+        int, Query(ge=0, le=MAX_WAIT, description="Seconds to wait for a change (long-poll).")
+    ] = 0,
+    if_none_match: Annotated[str | None, Header(max_length=200)] = None,
+) -> Response:
+    """The release this device should run; waits up to ``wait`` s while it matches the ETag."""
+    service, auth = _service(request), _auth(request)
+    signed = _Request(request.method, _target(request), b"")
+    future = service.notifier.watch(auth.device_id) if wait else None
+    try:
+        signer = await run_in_threadpool(service.authenticate_poll, auth, signed)
+        state, etag = service.desired_state(signer)
+        if future is not None and _matches(etag, if_none_match):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(future), timeout=wait)
+            signer = await run_in_threadpool(service.reread, auth.device_id)
+            state, etag = service.desired_state(signer)
+    finally:
+        if future is not None:
+            service.notifier.forget(auth.device_id, future)
+    if _matches(etag, if_none_match):
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(state.model_dump_json(), media_type="application/json", headers={"ETag": etag})
+
+
+class StatusAccepted(BaseModel):
+    """The answer to a report: the device's desired-state ETag (poll when it changed)."""
+
+    desired_etag: str
+
+
+@router.post(
+    STATUS_PATH.removeprefix(_API),
+    operation_id="device-status",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": StatusReport.model_json_schema()}},
+        }
+    },
+)
+async def report_status(request: Request) -> StatusAccepted:
+    """Report what runs, what is staged, health, update progress and rollbacks."""
+    service, auth = _service(request), _auth(request)
+    body = await request.body()
+    signed = _Request(request.method, _target(request), body)
+    etag = await run_in_threadpool(service.report, auth, signed)
+    return StatusAccepted(desired_etag=etag)
+
+
+class EnrollmentTokensCreate(BaseModel):
+    """How many tokens, how long they last, and the labels their devices get."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: Annotated[int, Field(ge=1, le=1000)] = 1
+    ttl_seconds: Annotated[int, Field(ge=60, le=365 * 86400)] = 7 * 86400
+    labels: Annotated[
+        dict[
+            Annotated[str, Field(pattern=_LABEL)],
+            Annotated[str, Field(max_length=63)],
+        ],
+        Field(max_length=20),
+    ] = {}
+
+
+class EnrollmentTokens(BaseModel):
+    """New tokens: shown once, stored only as digests."""
+
+    tokens: list[str]
+    expires: datetime.datetime
+
+
+@tokens_router.post("", status_code=201, operation_id="enrollment-tokens-create")
+def create_enrollment_tokens(
+    session: SessionDep,
+    caller: AdminDep,
+    now: NowDep,
+    body: Annotated[EnrollmentTokensCreate | None, Body()] = None,
+) -> EnrollmentTokens:
+    """Make one-time enrollment tokens (for devices that do not onboard through FDO here)."""
+    wanted = body or EnrollmentTokensCreate()
+    ttl = datetime.timedelta(seconds=wanted.ttl_seconds)
+    tokens = new_tokens(
+        session, count=wanted.count, ttl=ttl, labels=wanted.labels, actor=caller.actor, now=now
+    )
+    record(
+        session,
+        actor=caller.actor,
+        kind="enrollment_token.create",
+        subject="enrollment-tokens",
+        now=now,
+        details={"count": wanted.count, "ttl_seconds": wanted.ttl_seconds, "labels": wanted.labels},
+    )
+    session.commit()
+    return EnrollmentTokens(tokens=tokens, expires=now + ttl)
