@@ -24,8 +24,10 @@ The rollout runner (:class:`~afield.fleet.runner.RolloutRunner`) steps rollouts 
 the app's lifespan starts and stops (``settings.runner_interval`` seconds between ticks; 0
 starts none, and tests step it by hand through ``app.state.runner``).
 
-What it leaves to others: TLS (a reverse proxy), the FDO servers' mounts, the dashboard,
-running it (``afield serve``).
+With ``settings.fdo`` it also serves FDO's rendezvous (TO0, TO1) and owner (TO2) at
+``/fdo/101/msg/{n}`` and voucher import at ``/api/v1/vouchers`` (:mod:`afield.fleet.fdo`).
+
+What it leaves to others: TLS (a reverse proxy), the dashboard, running it (``afield serve``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ from afield.fleet.api.device import DeviceService
 from afield.fleet.auth import AccessError
 from afield.fleet.ca import load_or_create_ca
 from afield.fleet.db import DEFAULT_URL, Database, DatabaseError
+from afield.fleet.fdo import FdoSettings, FleetFdo
+from afield.fleet.fdo import router as fdo_router
 from afield.fleet.models import Device, DeviceStatus, device_status, utcnow
 from afield.fleet.policy import RolloutPolicyError, SelectorError
 from afield.fleet.rollout import RolloutError
@@ -94,6 +98,7 @@ class FleetSettings:
             (default ``/repo/`` when ``repo_dir`` is served, else none).
         poll_seconds: how often devices are told to poll.
         runner_interval: seconds between rollout runner ticks (0: no runner thread).
+        fdo: the FDO rendezvous server and owner to serve at ``/fdo/101/msg/{n}`` (None: none).
         clock: the current time (timezone-aware); tests fix it.
     """
 
@@ -104,6 +109,7 @@ class FleetSettings:
     repo_url: str | None = None
     poll_seconds: int = 30
     runner_interval: float = 2.0
+    fdo: FdoSettings | None = None
     clock: Callable[[], datetime.datetime] = field(default=utcnow, repr=False)
 
     def __post_init__(self) -> None:
@@ -438,15 +444,22 @@ def create_app(settings: FleetSettings | None = None, *, db: Database | None = N
         repo_dir=settings.repo_dir,
     )
     runner.sync()
+    fdo = None
+    if settings.fdo is not None:
+        fdo = FleetFdo(settings.fdo, database, repo_dir=settings.repo_dir, clock=settings.clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.runner_interval:
             runner.start()
+        if fdo is not None:
+            fdo.started()
         try:
             yield
         finally:
             runner.stop()
+            if fdo is not None:
+                fdo.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -463,7 +476,11 @@ def create_app(settings: FleetSettings | None = None, *, db: Database | None = N
     app.state.metrics = metrics
     app.state.devices = devices
     app.state.runner = runner
+    app.state.fdo = fdo
     app.include_router(api_router())
+    app.include_router(fdo_router, prefix="/api/v1")
+    if fdo is not None:
+        app.router.routes.extend(fdo.endpoint.routes())
     _install_error_handlers(app)
 
     @app.get("/healthz", include_in_schema=False)

@@ -109,7 +109,7 @@ from afield.fdo.to2 import replacement_header
 from afield.fdo.types import Guid, Hash, HashAlg, Nonce, SigType
 from afield.fdo.voucher import Voucher
 
-__all__ = ["OnboardingRequest", "OwnerSettings", "create_owner_app"]
+__all__ = ["OnboardingRequest", "OwnerSettings", "create_owner_app", "owner_protocol"]
 
 _ENVELOPE = 128
 """Room for the message array and the COSE_Encrypt0 around a ServiceInfo."""
@@ -514,8 +514,15 @@ def create_owner_app(
         settings: trusted device CAs, the replacement credential, service info, limits.
         extra_routes: more routes to serve (e.g. :func:`afield.fdo.server.owner_api.import_routes`).
     """
+    endpoint = FdoEndpoint([owner_protocol(pki, store, settings)], settings.binding)
+    return endpoint.app(extra_routes)
+
+
+def owner_protocol(pki: Pki, store: OwnerStore, settings: OwnerSettings) -> Protocol:
+    """TO2 as a protocol of the HTTP binding, for an endpoint that serves more (the fleet
+    manager serves it beside TO0 and TO1)."""
     owner = _Owner(pki, store, settings)
-    to2 = Protocol(
+    return Protocol(
         "TO2",
         (
             Step(TO2HelloDevice.MSG_TYPE, owner.hello_device),
@@ -526,5 +533,3 @@ def create_owner_app(
             Step(TO2Done.MSG_TYPE, owner.done),
         ),
     )
-    endpoint = FdoEndpoint([to2], settings.binding)
-    return endpoint.app(extra_routes)

@@ -105,6 +105,7 @@ __all__ = [
     "RvRegistration",
     "SqlRendezvousStore",
     "create_rendezvous_app",
+    "rendezvous_protocols",
 ]
 
 _MAX_WAIT_SECONDS = 0xFFFF_FFFF  # WaitSeconds is a uint32
@@ -468,6 +469,16 @@ def create_rendezvous_app(
         settings: trusted manufacturers, the longest registration, binding limits.
         clock: the current time, timezone-aware (tests pass a fake to expire registrations).
     """
+    endpoint = FdoEndpoint(rendezvous_protocols(store, settings, clock), settings.binding)
+    return endpoint.app()
+
+
+def rendezvous_protocols(
+    store: RendezvousStore,
+    settings: RendezvousSettings,
+    clock: Callable[[], datetime.datetime] = _UTC_NOW,
+) -> list[FdoProtocol]:
+    """TO0 and TO1 as protocols of the HTTP binding, for an endpoint that serves more."""
     steps = _Rendezvous(store, settings, clock)
     to0 = FdoProtocol(
         "TO0",
@@ -477,5 +488,4 @@ def create_rendezvous_app(
         "TO1",
         (Step(TO1HelloRV.MSG_TYPE, steps.hello_rv), Step(TO1ProveToRV.MSG_TYPE, steps.prove_to_rv)),
     )
-    endpoint = FdoEndpoint([to0, to1], settings.binding)
-    return endpoint.app()
+    return [to0, to1]
