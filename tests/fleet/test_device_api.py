@@ -36,6 +36,7 @@ from afield.fleet.protocol import (
 )
 from afield.fleet.rollout import step
 from afield.fleet.runner import RolloutRunner
+from tests.postgres import cluster, new_database
 
 START = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 C1, C2, C3 = "1" * 64, "2" * 64, "3" * 64
@@ -138,11 +139,17 @@ class SimDevice:
 
 @contextmanager
 def serving(
-    tmp_path: Path, *, runner_interval: float = 0, admin_name: str = "ops"
+    tmp_path: Path,
+    *,
+    runner_interval: float = 0,
+    admin_name: str = "ops",
+    db_url: str | None = None,
 ) -> Iterator[Server]:
     clock = Clock()
     settings = FleetSettings(
-        db_url=f"sqlite:///{tmp_path / 'fleet.db'}", clock=clock, runner_interval=runner_interval
+        db_url=db_url or f"sqlite:///{tmp_path / 'fleet.db'}",
+        clock=clock,
+        runner_interval=runner_interval,
     )
     app = create_app(settings)
     db: Database = app.state.db
@@ -363,6 +370,30 @@ def test_a_long_poll_wakes_when_the_runner_assigns_the_device(server: Server) ->
     assert time.monotonic() - started < 30
 
 
+def test_metrics_show_waiting_long_polls_and_rollout_steps(server: Server) -> None:
+    _releases(server)
+    server.admin.post("/api/v1/fleets", json={"name": "gateways", "policy": POLICY})
+    device = server.enroll()
+    device.runs(C1, "1.0.0")
+    device.poll()
+    waiting = threading.Thread(target=device.poll, kwargs={"wait": 3})
+    waiting.start()
+    deadline = time.monotonic() + 10
+    text = ""
+    while time.monotonic() < deadline:
+        text = server.client.get("/metrics").text
+        if "afield_fleet_longpolls_waiting 1" in text:
+            break
+        time.sleep(0.05)
+    assert "afield_fleet_longpolls_waiting 1" in text
+    _start(server, "1.1.0")
+    server.runner.step_all()
+    waiting.join(timeout=10)
+    text = server.client.get("/metrics").text
+    assert "afield_fleet_rollout_steps_total 1" in text
+    assert "afield_fleet_longpolls_waiting 0" in text
+
+
 # --- rollouts driven by the runner ----------------------------------------------------------------
 
 
@@ -505,3 +536,22 @@ def test_the_runner_thread_steps_rollouts_by_itself(tmp_path: Path) -> None:
                 break
             time.sleep(0.1)
         assert _rollout(server, rollout_id)["progress"]["assigned"] == 1
+
+
+@pytest.mark.root
+def test_enrollment_reports_and_a_rollout_on_postgresql(tmp_path: Path) -> None:
+    with cluster() as admin_url, serving(tmp_path, db_url=new_database(admin_url)) as server:
+        devices = _fleet_of_three(server)
+        rollout_id = _start(server, "1.2.0")
+        (outcome,) = server.runner.step_all()
+        canary = next(d for d in devices if d.id == outcome.assigned[0])
+        assert canary.desired_version() == "1.2.0"
+        rolled_back = {"from_commit": C3, "to_commit": C1, "at": server.clock().timestamp()}
+        canary.runs(C1, "1.0.0", rolled_back=rolled_back)
+        server.runner.step_all()
+        shown = _rollout(server, rollout_id)
+        assert (shown["status"], shown["cause"]) == ("paused", "failures"), shown
+        (token,) = server.tokens()
+        server.enroll(token)
+        again = {"token": token, "csr": make_csr(new_device_key())}
+        assert "already used" in _refused(server.client.post(ENROLL_PATH, json=again), 401, "token")

@@ -105,6 +105,7 @@ def test_a_device_onboards_through_the_fleet_manager_and_enrolls_as_its_new_guid
     assert shown["labels"] == {"via": "fdo"}
     kinds = [e["kind"] for e in site.admin.get("/api/v1/events").json()["data"]]
     assert "voucher.import" in kinds and "device.enrolled" in kinds
+    assert "afield_fdo_messages_total" in site.admin.get("/metrics").text
 
 
 def test_a_voucher_import_needs_an_admin_and_a_voucher(site: Site) -> None:

@@ -414,6 +414,22 @@ def _count_devices(
     return counts
 
 
+def _runtime_metrics(app: FastAPI) -> str:
+    """Long-polls waiting, rollout steps written, and the FDO endpoint's counters."""
+    lines = [
+        "# HELP afield_fleet_longpolls_waiting Device long-polls waiting for a change.",
+        "# TYPE afield_fleet_longpolls_waiting gauge",
+        f"afield_fleet_longpolls_waiting {app.state.devices.notifier.waiting()}",
+        "# HELP afield_fleet_rollout_steps_total Rollout engine steps written by this process.",
+        "# TYPE afield_fleet_rollout_steps_total counter",
+        f"afield_fleet_rollout_steps_total {app.state.runner.steps}",
+    ]
+    text = "\n".join(lines) + "\n"
+    if app.state.fdo is not None:
+        text += app.state.fdo.endpoint.metrics.exposition()
+    return text
+
+
 def create_app(settings: FleetSettings | None = None, *, db: Database | None = None) -> FastAPI:
     """The fleet manager's ASGI app; migrates the database first.
 
@@ -496,7 +512,8 @@ def create_app(settings: FleetSettings | None = None, *, db: Database | None = N
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
         devices = _count_devices(database, settings.clock(), settings.offline_after)
-        return PlainTextResponse(metrics.exposition(devices), media_type=_METRICS_TYPE)
+        text = metrics.exposition(devices) + _runtime_metrics(app)
+        return PlainTextResponse(text, media_type=_METRICS_TYPE)
 
     if settings.repo_dir is not None:
         from afield.release.serve import create_repo_app
