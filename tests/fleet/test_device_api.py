@@ -422,6 +422,9 @@ def test_a_rollout_goes_canary_first_then_to_everyone(server: Server) -> None:
     others = [d for d in devices if d is not canary]
     assert canary.desired_version() == "1.1.0"
     assert [d.desired_version() for d in others] == [None, None]
+    shown = server.admin.get(f"/api/v1/devices/{canary.id}").json()
+    assert shown["desired"]["version"] == "1.1.0"
+    assert shown["report"]["booted"] == {"version": "1.0.0", "commit": C1}
 
     _boot_target(canary, C2, "1.1.0")
     assert _rollout(server, rollout_id)["progress"]["unavailable"] == 1

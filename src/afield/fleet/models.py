@@ -149,6 +149,8 @@ class Device(Base):
     )
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
+    desired_release: Mapped[Release | None] = relationship(lazy="joined")
+
 
 class Fleet(Base):
     """Devices chosen by a label selector, the release they should run, and how to roll it out."""

@@ -36,7 +36,14 @@ from afield.fleet.auth import ViewerDep
 from afield.fleet.models import Device, DeviceStatus, device_status
 from afield.fleet.policy import Selector, SelectorError
 
-__all__ = ["DevicePublic", "DeviceRollout", "DevicesPublic", "device_public", "router"]
+__all__ = [
+    "DeviceDesired",
+    "DevicePublic",
+    "DeviceRollout",
+    "DevicesPublic",
+    "device_public",
+    "router",
+]
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 _CHUNK = 500  # rows read at a time while filtering by status
@@ -52,13 +59,31 @@ class DeviceRollout(BaseModel):
     booted_at: datetime.datetime | None
 
 
+class DeviceDesired(BaseModel):
+    """The release a device is told to run."""
+
+    image: str
+    arch: str
+    version: str
+    commit: str
+
+
 class DevicePublic(BaseModel):
-    """A device as the API shows it, with its derived summary ``status``."""
+    """A device as the API shows it, with its derived summary ``status``.
+
+    ``report`` is the device's last status report as it sent it (health checks that failed,
+    the update in progress, the last rollback); see :class:`afield.fleet.protocol.StatusReport`.
+    """
 
     id: str
     name: str
     labels: dict[str, str]
     status: DeviceStatus
+    guid: str | None
+    image: str | None
+    arch: str | None
+    enrolled_at: datetime.datetime | None
+    desired: DeviceDesired | None
     current_version: str | None
     current_commit: str | None
     pending_version: str | None
@@ -68,6 +93,7 @@ class DevicePublic(BaseModel):
     updating: bool
     rolled_back_at: datetime.datetime | None
     rollout: DeviceRollout | None
+    report: dict[str, Any]
 
 
 class DevicesPublic(Page):
@@ -87,11 +113,24 @@ def device_public(device: Device, now: datetime.datetime, offline_after: float) 
             assigned_at=iso(device.assigned_at),
             booted_at=iso(device.booted_at),
         )
+    desired = device.desired_release
     return DevicePublic(
         id=device.id,
         name=device.name,
         labels={str(k): str(v) for k, v in (device.labels or {}).items()},
         status=device_status(device, now, offline_after),
+        guid=device.guid,
+        image=device.image,
+        arch=device.arch,
+        enrolled_at=iso(device.enrolled_at),
+        desired=None
+        if desired is None
+        else DeviceDesired(
+            image=desired.image,
+            arch=desired.arch,
+            version=desired.version,
+            commit=desired.commit,
+        ),
         current_version=device.current_version,
         current_commit=device.current_commit,
         pending_version=device.pending_version,
@@ -101,6 +140,7 @@ def device_public(device: Device, now: datetime.datetime, offline_after: float) 
         updating=device.updating,
         rolled_back_at=iso(device.rolled_back_at),
         rollout=rollout,
+        report=dict(device.report or {}),
     )
 
 
