@@ -22,6 +22,7 @@ from afield.cli import (
     fdo,
     image,
     keys,
+    operator,
     release,
     repo,
     serve,
@@ -46,6 +47,11 @@ app.add_typer(device.app, name="device")
 app.add_typer(repo.app, name="repo")
 app.add_typer(fdo.app, name="fdo")
 app.add_typer(admin.app, name="admin")
+app.add_typer(operator.fleet_app, name="fleet")
+app.add_typer(operator.rollout_app, name="rollout")
+# The fleet manager's view of devices, beside the device-side commands of afield.cli.device.
+device.app.command("ls")(operator.device_ls)
+device.app.command("show")(operator.device_show)
 app.command("serve")(serve.serve_command)
 app.command("compose")(compose.compose_command)
 app.command("demo")(demo.demo_command)

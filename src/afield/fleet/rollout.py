@@ -505,7 +505,7 @@ def resume(state: RolloutState) -> RolloutState:
 def approve(state: RolloutState) -> RolloutState:
     """Start the next batch of a rollout waiting for approval."""
     if state.status is not Status.WAITING_APPROVAL:
-        raise _refuse(state, Status.RUNNING, "approve", "only a rollout waiting for approval is")
+        raise _refuse(state, Status.RUNNING, "approve", "only a rollout waiting for approval can be approved")
     return replace(
         state,
         status=Status.RUNNING,

@@ -12,10 +12,12 @@ The state is the engine's :class:`~afield.fleet.rollout.RolloutState`, stored as
 (:func:`afield.fleet.models.state_to_json`) beside its status column. A rollout's ``progress``
 shows its counters as the last engine step left them.
 
-What it leaves to others: running the engine's :func:`~afield.fleet.rollout.step` on a timer
-and on device reports, and recording its decisions on the devices (the rollout runner, a later
-slice: until then a rollout moves only by these actions), and the device API that tells devices
-to update.
+Every action rings the rollout runner's doorbell, so the engine takes the new state into
+account at once rather than at its next tick.
+
+What it leaves to others: running the engine's :func:`~afield.fleet.rollout.step` and recording
+its decisions on the devices (:mod:`afield.fleet.runner`), and the device API that tells
+devices to update (:mod:`afield.fleet.api.device`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import datetime
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query
+from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -139,6 +141,7 @@ def _get(session: Session, rollout_id: int) -> Rollout:
 
 @fleet_router.post("/{name}/rollouts", status_code=201, operation_id="rollouts-start")
 def start_rollout(
+    request: Request,
     name: FleetPath,
     session: SessionDep,
     caller: AdminDep,
@@ -191,6 +194,7 @@ def start_rollout(
         details={"fleet": name, "release": shown},
     )
     session.commit()
+    _ring(request)
     return rollout_public(rollout)
 
 
@@ -220,7 +224,15 @@ def show_rollout(rollout_id: RolloutPath, session: SessionDep, caller: ViewerDep
     return rollout_public(_get(session, rollout_id))
 
 
+def _ring(request: Request) -> None:
+    """Ask the rollout runner to step now (it has none in an app built without one)."""
+    devices = getattr(request.app.state, "devices", None)
+    if devices is not None:
+        devices.doorbell.ring()
+
+
 def _act(
+    request: Request,
     session: Session,
     caller: Caller,
     now: datetime.datetime,
@@ -255,6 +267,7 @@ def _act(
         details=details,
     )
     session.commit()
+    _ring(request)
     return rollout_public(rollout)
 
 
@@ -263,6 +276,7 @@ ReasonBody = Annotated[RolloutAction | None, Body()]
 
 @router.post("/{rollout_id}/pause", operation_id="rollouts-pause")
 def pause_rollout(
+    request: Request,
     rollout_id: RolloutPath,
     session: SessionDep,
     caller: AdminDep,
@@ -272,27 +286,30 @@ def pause_rollout(
     """Stop telling devices to update; 409 if the rollout is paused or aborted."""
     reason = body.reason if body is not None and body.reason else None
     text = reason or f"paused by {caller.actor}"
-    return _act(session, caller, now, rollout_id, "pause", lambda s: pause(s, text), reason)
+    return _act(
+        request, session, caller, now, rollout_id, "pause", lambda s: pause(s, text), reason
+    )
 
 
 @router.post("/{rollout_id}/resume", operation_id="rollouts-resume")
 def resume_rollout(
-    rollout_id: RolloutPath, session: SessionDep, caller: AdminDep, now: NowDep
+    request: Request, rollout_id: RolloutPath, session: SessionDep, caller: AdminDep, now: NowDep
 ) -> RolloutPublic:
     """Run a paused rollout again, accepting the failures so far; 409 unless it is paused."""
-    return _act(session, caller, now, rollout_id, "resume", resume)
+    return _act(request, session, caller, now, rollout_id, "resume", resume)
 
 
 @router.post("/{rollout_id}/approve", operation_id="rollouts-approve")
 def approve_rollout(
-    rollout_id: RolloutPath, session: SessionDep, caller: AdminDep, now: NowDep
+    request: Request, rollout_id: RolloutPath, session: SessionDep, caller: AdminDep, now: NowDep
 ) -> RolloutPublic:
     """Start the next batch; 409 unless the rollout waits for approval."""
-    return _act(session, caller, now, rollout_id, "approve", approve)
+    return _act(request, session, caller, now, rollout_id, "approve", approve)
 
 
 @router.post("/{rollout_id}/abort", operation_id="rollouts-abort")
 def abort_rollout(
+    request: Request,
     rollout_id: RolloutPath,
     session: SessionDep,
     caller: AdminDep,
@@ -302,4 +319,6 @@ def abort_rollout(
     """End the rollout for good; 409 if it was aborted already."""
     reason = body.reason if body is not None and body.reason else None
     text = reason or f"aborted by {caller.actor}"
-    return _act(session, caller, now, rollout_id, "abort", lambda s: abort(s, text), reason)
+    return _act(
+        request, session, caller, now, rollout_id, "abort", lambda s: abort(s, text), reason
+    )
