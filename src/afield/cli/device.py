@@ -10,12 +10,15 @@ import typer
 
 from afield.cli._output import console, err_console, print_json
 from afield.cli._progress import DownloadProgress
+from afield.device.agent import AgentOptions, check_fleet
+from afield.device.agent import run as run_agent
 from afield.device.bootseq import boot_once, healthcheck_booted
 from afield.device.lifecycle import Device
 from afield.device.onboard import OnboardOptions, onboard
 from afield.device.onboard import manufacture as manufacture_device
 from afield.device.status import device_status
 from afield.device.update import update as update_device
+from afield.errors import TransportError
 
 app = typer.Typer(
     help="Install, update, boot and roll back a device's sysroot.", no_args_is_help=True
@@ -218,6 +221,65 @@ def healthcheck(
         subprocess.run(["systemctl", "reboot"], check=False)
     if not result.healthy:
         raise typer.Exit(1)
+
+
+@app.command("run")
+def run(
+    sysroot: Path = typer.Option(Path("/"), "--sysroot", help="The device's sysroot directory."),
+    token: str | None = typer.Option(
+        None, "--token", help="Enrollment token (default: the one onboarding left)."
+    ),
+    simulate_reboot: bool = typer.Option(
+        False,
+        "--simulate-reboot",
+        help="Boot staged updates in-process with the simulator's firmware instead of rebooting.",
+    ),
+    once: bool = typer.Option(
+        False, "--once", help="One round: report, poll without waiting, act, report; then exit."
+    ),
+    poll_wait: int | None = typer.Option(
+        None,
+        "--poll-wait",
+        min=0,
+        max=120,
+        help="Seconds a long-poll waits (default: poll_wait of the agent configuration).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result of --once as JSON."),
+) -> None:
+    """The device agent: enroll once, report, follow the fleet manager's desired state."""
+
+    def log(line: str) -> None:
+        err_console.print(f"afield agent: {line}", soft_wrap=True, markup=False)
+
+    options = AgentOptions(
+        token=token, simulate_reboot=simulate_reboot, once=once, poll_wait=poll_wait, log=log
+    )
+    result = run_agent(Device.open(sysroot), options)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console.print(f"{result.device_id}: {result.action}: {result.reason}", markup=False)
+
+
+@app.command("check-fleet")
+def check_fleet_command(
+    sysroot: Path = typer.Option(
+        Path("/"), "--sysroot", help="The root of the running system (its /etc and /var)."
+    ),
+    grace: float | None = typer.Option(
+        None,
+        "--grace",
+        min=0,
+        max=3600,
+        help="Seconds to keep trying (default: network_grace of the agent configuration).",
+    ),
+) -> None:
+    """Health check: exit 0 when the configured fleet manager answers (or none is configured)."""
+    reachable, why = check_fleet(sysroot, grace=grace)
+    if not reachable:
+        # An AfieldError is how a command exits 1 (main() drops typer.Exit's code).
+        raise TransportError(why)
+    console.print(f"afield: {why}", soft_wrap=True, markup=False)
 
 
 @app.command("status")

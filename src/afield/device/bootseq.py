@@ -1,7 +1,8 @@
 """The boot sequence: what runs after the firmware handed over to a deployment.
 
 The same code runs on a real device (``afield-healthcheck.service``, root ``/``) and in the
-simulator (``afield device boot``, root a deployment directory, checks inside bubblewrap):
+simulator (``afield device boot``, root a deployment directory, checks inside bubblewrap with
+the stateroot's ``/var`` and the host's network):
 
 1. record which deployment booted and why (a fallback, an unreadable grubenv);
 2. run the greenboot-compatible required and wanted checks;
@@ -51,9 +52,13 @@ ExecutorFactory = Callable[[Device, Deployment], Executor]
 
 
 def bubblewrap_executor(device: Device, deployment: Deployment) -> Executor:
-    """Run checks inside the deployment, with the stateroot's /var as /var (as at boot)."""
+    """Run checks inside the deployment, with the stateroot's /var as /var and the host's
+    network (as at boot: a booted device has its network, and checks such as the
+    fleet-reachability check need it)."""
     var = device.sysroot_path / "ostree" / "deploy" / device.osname / "var"
-    return BubblewrapExecutor(deployment.path, extra_args=("--bind", str(var), "/var"))
+    return BubblewrapExecutor(
+        deployment.path, extra_args=("--bind", str(var), "/var"), share_net=True
+    )
 
 
 def host_executor(device: Device, deployment: Deployment) -> Executor:

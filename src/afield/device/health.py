@@ -380,21 +380,26 @@ class BubblewrapExecutor:
     """Runs commands inside the tree at ``root`` with bubblewrap, so they see it as ``/``.
 
     The sandbox has its own ``/proc``, a minimal ``/dev``, an empty ``/tmp``, and its own PID and
-    network namespaces (no network); it dies with its parent. ``extra_args`` are passed to bwrap
-    before the command, e.g. ``("--bind", "/srv/dev1/var", "/var")``. Meant to run as root.
+    IPC namespaces; it dies with its parent. Its network is its own too (no network at all)
+    unless ``share_net``: then it uses the host's, as the checks of a booted device see the
+    device's network (the boot simulator shares it, so a check can reach a fleet manager on
+    127.0.0.1). ``extra_args`` are passed to bwrap before the command, e.g.
+    ``("--bind", "/srv/dev1/var", "/var")``. Meant to run as root.
     """
 
     root: Path
     output_limit: int = OUTPUT_LIMIT
     bwrap: str = "bwrap"
     extra_args: tuple[str, ...] = field(default=())
+    share_net: bool = False
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """The full bwrap command line for ``argv``."""
+        net = () if self.share_net else ("--unshare-net",)
         return [
             self.bwrap,
             *("--bind", str(self.root), "/", "--proc", "/proc", "--dev", "/dev"),
-            *("--tmpfs", "/tmp", "--unshare-pid", "--unshare-net", "--unshare-ipc"),  # noqa: S108
+            *("--tmpfs", "/tmp", "--unshare-pid", *net, "--unshare-ipc"),  # noqa: S108
             *("--die-with-parent", "--chdir", "/", *self.extra_args, "--", *argv),
         ]
 

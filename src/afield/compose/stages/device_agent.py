@@ -12,7 +12,10 @@ side ships inside every composed image"):
   a fixed path inside the tree, so the same options always give the same files.
   ``/usr/bin/afield`` links to the venv's ``afield``.
 - greenboot's directory layout under ``/usr/lib/greenboot`` and ``/etc/greenboot`` (a boot with no
-  ``check/required.d`` is unhealthy).
+  ``check/required.d`` is unhealthy), and afield's own required checks in
+  ``/usr/lib/greenboot/check/required.d`` (:data:`CHECKS`): ``40-afield-fleet.sh`` fails a boot
+  whose agent configuration cannot reach its fleet manager (``afield device check-fleet``), so
+  an update that cuts a device off from its fleet rolls back by itself.
 - ``afield-healthcheck.service`` (shipped in ``afield.device/units``), enabled through links in
   ``/usr/lib/systemd/system`` as its ``[Install]`` section says.
 
@@ -47,6 +50,7 @@ from afield.compose.pipeline import Facts, StageContext
 from afield.errors import ComposeError, StageError
 
 __all__ = [
+    "CHECKS",
     "PACKAGES",
     "PREFIX",
     "UNITS",
@@ -65,6 +69,15 @@ PACKAGES = ("python3", "python3-venv", "python3-gi", "gir1.2-ostree-1.0")
 PREFIX = "/usr/lib/afield"
 UNITS = ("afield-healthcheck.service",)
 GREENBOOT_DIRS = ("check/required.d", "check/wanted.d", "green.d", "red.d")
+# Health checks every image gets: path in the image -> script (mode 0755).
+CHECKS = {
+    "/usr/lib/greenboot/check/required.d/40-afield-fleet.sh": (
+        "#!/bin/sh\n"
+        "# afield: the fleet manager this deployment's agent is configured for must answer\n"
+        "# (within network_grace seconds); an unmanaged device passes.\n"
+        "exec /usr/bin/afield device check-fleet\n"
+    ),
+}
 # Where the wheels sit inside the tree while pip installs them: fixed, so no host path leaks.
 _WHEELS_IN_TREE = "/tmp/afield-wheels"  # noqa: S108 (a path inside the image, not the builder)
 # Distributions the image gets from Debian (system site packages), never from PyPI.
@@ -328,6 +341,10 @@ def _install_greenboot_dirs(tree: Path) -> None:
         for sub in GREENBOOT_DIRS:
             path = resolve_in_tree(tree, f"{base}/{sub}")
             path.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for name, text in CHECKS.items():
+        script = resolve_in_tree(tree, name)
+        script.write_text(text)
+        script.chmod(0o755)
 
 
 def unit_text(name: str) -> str:
@@ -393,6 +410,7 @@ def run(ctx: StageContext, options: Mapping[str, Any]) -> Facts:
             "prefix": PREFIX,
             "requirements": dict(options["requirements"]),
             "units": list(UNITS),
+            "checks": sorted(CHECKS),
             "enabled": links,
             "size": _size(resolve_in_tree(ctx.tree, PREFIX)),
         }
