@@ -118,3 +118,20 @@ def test_the_cli_starts_without_server_packages() -> None:
     )
     done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_command_that_exits_with_a_code_makes_main_return_it() -> None:
+    # `afield device healthcheck` exits 1 when unhealthy; systemd must see that code.
+    import typer
+
+    from afield import cli
+
+    def failing() -> None:
+        raise typer.Exit(3)
+
+    cli.app.command("exit-three-for-test")(failing)
+    try:
+        assert cli.main(["exit-three-for-test"]) == 3
+        assert cli.main(["--version"]) == 0
+    finally:
+        cli.app.registered_commands.pop()

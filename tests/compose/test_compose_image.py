@@ -138,6 +138,7 @@ def test_image_ships_the_device_agent(composed: Composed, checkout: Path) -> Non
         f"{units}/afield-healthcheck.service",
         f"{units}/boot-complete.target.requires/afield-healthcheck.service",
         f"{units}/multi-user.target.wants/afield-healthcheck.service",
+        f"{units}/multi-user.target.wants/afield-agent.service",
         *(
             f"{base}/{sub}"
             for base in ("/usr/lib/greenboot", "/usr/etc/greenboot")

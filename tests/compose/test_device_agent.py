@@ -50,6 +50,15 @@ def _copy_project(into: Path) -> Path:
     return into
 
 
+def test_agent_unit_runs_the_agent_after_the_boot_was_judged() -> None:
+    unit = _unit("afield-agent.service")
+    assert unit["Service"]["ExecStart"] == f"{device_agent.PREFIX}/bin/afield device run"
+    assert unit["Service"]["Restart"] == "on-failure"
+    assert "afield-healthcheck.service" in unit["Unit"]["After"].split()
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    assert "afield-agent.service" in device_agent.UNITS
+
+
 def test_healthcheck_unit_runs_the_agent_once_before_boot_complete() -> None:
     unit = _unit()
     assert unit["Service"]["Type"] == "oneshot"

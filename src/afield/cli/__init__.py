@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 failure, 2 bad input)."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(args=argv, standalone_mode=False)
+        # Outside standalone mode click returns a typer.Exit's code instead of raising it.
+        result = app(args=argv, standalone_mode=False)
     except AfieldError as e:
         if debug:
             raise
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             show()
             return code
         raise
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ CHECKPOINT = False
 # Debian packages the agent needs in the image at run time.
 PACKAGES = ("python3", "python3-venv", "python3-gi", "gir1.2-ostree-1.0")
 PREFIX = "/usr/lib/afield"
-UNITS = ("afield-healthcheck.service",)
+UNITS = ("afield-healthcheck.service", "afield-agent.service")
 GREENBOOT_DIRS = ("check/required.d", "check/wanted.d", "green.d", "red.d")
 # Health checks every image gets: path in the image -> script (mode 0755).
 CHECKS = {
