@@ -226,6 +226,20 @@ def test_device_joining_mid_rollout_is_assigned_in_the_current_batch() -> None:
     assert fleet.state.status is Status.COMPLETED and len(fleet.assigned_ever) == 40
 
 
+def test_a_rollout_of_an_empty_fleet_waits_and_canaries_the_first_devices_that_join() -> None:
+    # Completing empty would make the rollout update every device that joins, canary-less.
+    fleet = Fleet.of(0, CANARY)
+    for _ in range(3):
+        assert fleet.step().assign == ()
+        fleet.now += CANARY.update_timeout
+    assert fleet.state.status is Status.RUNNING
+    assert "no device matches" in fleet.state.reason
+    for i in range(10):
+        fleet.add(f"d{i:03d}")
+    assert fleet.step().assign == ("d000",)  # the canary, alone
+    assert fleet.state.batch == 0
+
+
 def test_offline_device_is_not_assigned() -> None:
     fleet = Fleet.of(3, CANARY)
     fleet.set("d000", online=False)
@@ -918,6 +932,8 @@ def test_simulated_fleet_ends_completed_or_paused_once_it_settles(
 
     def settled() -> bool:
         state = sim.fleet.state
+        if state.status is Status.RUNNING and state.counters.selected == 0:
+            return True  # every device left: it waits for one to join
         if state.status is Status.COMPLETED:  # and it has caught up with the late devices
             return not (state.counters.waiting or state.counters.unavailable)
         return state.status is Status.PAUSED

@@ -43,7 +43,9 @@ The rules, and where they come from (FlightCtl's ``rolloutPolicy``, hawkBit's ro
   still over the threshold pauses it again. Resuming a rollout its success gate paused moves on
   to the next batch.
 * **Completion.** After the last batch passed and no device is unavailable, the rollout is
-  ``completed``. A completed rollout still tells devices that come online or join later to
+  ``completed``. A rollout whose selector matches no device yet waits (``running``, saying so)
+  rather than completing empty: it would then update every device that joins, canary-less. A
+  completed rollout still tells devices that come online or join later to
   update (within the budget and window), so the fleet converges; failures still pause it.
 * **Maintenance window.** Outside it no device is told to update; devices already updating go
   on, timeouts and batches are still judged, the status stays ``running`` and the reason says
@@ -384,6 +386,11 @@ def _progress(
     waived = state.gate_waived
     gate = _fraction(policy.success_threshold)
     eligible = len(tally.eligible)
+    if counters.selected == 0:
+        # Nothing to judge: an empty batch would pass trivially and the rollout complete, and
+        # a completed rollout updates the devices that join later without any canary.
+        here = replace(state, batch=index, batch_started_at=started, gate_waived=waived)
+        return replace(here, reason="no device matches the fleet's selector yet"), 0
     while True:
         goal = batches[index].of(counters.selected)
         room = goal - counters.assigned
@@ -505,7 +512,8 @@ def resume(state: RolloutState) -> RolloutState:
 def approve(state: RolloutState) -> RolloutState:
     """Start the next batch of a rollout waiting for approval."""
     if state.status is not Status.WAITING_APPROVAL:
-        raise _refuse(state, Status.RUNNING, "approve", "only a rollout waiting for approval can be approved")
+        accepted = "only a rollout waiting for approval can be approved"
+        raise _refuse(state, Status.RUNNING, "approve", accepted)
     return replace(
         state,
         status=Status.RUNNING,

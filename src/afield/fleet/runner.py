@@ -301,6 +301,15 @@ def _record_changes(
 ) -> None:
     old, new = state_to_json(before), state_to_json(after)
     subject = f"rollout:{rollout_id}"
+    if new["batch"] != old["batch"]:
+        record(
+            session,
+            actor="system",
+            kind="rollout.batch",
+            subject=subject,
+            now=now,
+            details={"batch": new["batch"]},
+        )
     if old["status"] != new["status"]:
         details = {"from": old["status"], "to": new["status"], "reason": new["reason"]}
         record(
@@ -310,15 +319,6 @@ def _record_changes(
             subject=subject,
             now=now,
             details=details,
-        )
-    if new["batch"] != old["batch"]:
-        record(
-            session,
-            actor="system",
-            kind="rollout.batch",
-            subject=subject,
-            now=now,
-            details={"batch": new["batch"]},
         )
     if assigned:
         record(
