@@ -1,34 +1,38 @@
 """``afield demo``: the end-to-end tour `make demo` runs on embedded defaults.
 
-1. Compose two versions of ``examples/gateway.toml`` (the second bumps the version and adds a
-   package) into ``_demo/repo`` and print their package diff.
-2. Sign them as releases (TUF keys in ``_demo/keys``; publishing 1.1.0 builds the static delta
-   from 1.0.0) and serve the repository on 127.0.0.1.
-3. Install 1.0.0 on a simulated device, give it its FDO credential at the "factory" (DI), then
-   onboard it zero-touch (TO0, TO1, TO2 with a manufacturer, a rendezvous and an owner server on
-   127.0.0.1): the owner hands it the update server's URL and the repository's TUF root. Boot it
-   and let it update itself over HTTP: TUF verification, the delta fetched and applied, staged,
-   booted.
-4. Compose and publish a broken 1.2.0 (a required health check that fails); the device updates,
-   boots it until the boot counter runs out, and rolls itself back to 1.1.0.
+1. Compose three versions of ``examples/gateway.toml`` into ``_demo/repo``: 1.0.0, 1.1.0 (one
+   more package; the package diff is printed) and 1.2.0 (1.1.0 plus a required health check
+   that always fails). Sign all three as releases (TUF keys in ``_demo/keys``, static deltas
+   between them).
+2. Start the fleet manager on 127.0.0.1 (SQLite in ``_demo/fleet.db``, the repository at
+   ``/repo/``, FDO's rendezvous and owner mounted) and a manufacturer. Make three devices: each
+   gets 1.0.0 at the "factory" and its FDO credential (DI); its voucher is sold to the owner,
+   which registers it (TO0); the device onboards zero-touch (TO1, TO2), is handed the fleet
+   manager's address, a one-time enrollment token and the TUF root, and boots.
+3. Start each device's agent (``afield device run``, its own process): it enrolls, reports and
+   long-polls. The operator rolls 1.1.0 out to the fleet canary-first (batches 1, then 100%):
+   each device pulls the signed delta, stages it, reboots, passes its health checks.
+4. The operator rolls 1.2.0 out: the canary boots it, its sensor check fails on every boot, the
+   boot counter runs out, it falls back to 1.1.0 and reports it; the rollout pauses itself and
+   the other two devices are never told to update.
+5. Print what happened: devices, versions, bytes per update, the audit trail.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.table import Table
 
 from afield import blueprint as bp
 from afield.cli._output import console, err_console
 from afield.cli._progress import StageProgress
-from afield.device.bootseq import boot_once
-from afield.device.lifecycle import Device
 from afield.device.status import device_status
-from afield.device.update import update
 from afield.errors import AfieldError
 from afield.image import diff_packages, image_info, open_repository
 from afield.release import init_repository, publish
@@ -36,6 +40,7 @@ from afield.trust import Keyring
 
 if TYPE_CHECKING:
     from afield.compose import ComposeResult
+    from afield.sim.demo import DemoDevice, DemoSite
 
 _PROJECT = Path(__file__).resolve().parents[3]
 _FAILING_CHECK = '''
@@ -80,15 +85,6 @@ def _compose(path: Path, repo: Path) -> ComposeResult:
     return result
 
 
-def _boot(device: Device) -> None:
-    result = boot_once(device)
-    health = "[green]healthy[/]" if result.healthy else "[red]unhealthy[/]"
-    via = " via fallback" if result.fallback else ""
-    console.print(f"  boot: {result.version}{via} -> {health}; {result.reason}")
-    for check in result.report.failed:
-        console.print(f"    failed {check.name}: {check.output.strip()}")
-
-
 def _publish(repo: Path, keyring: Keyring, commit: str, *, deltas: int = 3) -> None:
     release = publish(repo, keyring, commit, deltas=deltas)
     built = ", ".join(
@@ -104,53 +100,19 @@ def _full_size(repo: Path, commit: str) -> int:
     return open_repository(repo).commit_size(commit)
 
 
-def _update(device: Device, url: str, *, full: int | None) -> None:
-    result = update(device, url)
-    how = "a static delta" if result.used_delta else f"{result.objects_fetched} objects"
-    share = f", {100 * result.bytes_downloaded / full:.1f}% of the whole image" if full else ""
-    console.print(f"  update: {result.reason}: {result.bytes_downloaded:,} bytes via {how}{share}")
+POLICY = {
+    "batches": [1, "100%"],
+    "success_threshold": 1.0,
+    "failure_threshold": 0.0,
+    "health_window": 5,
+    "update_timeout": 900,
+}
+"""The demo fleet's rollout policy: a canary, then everyone; any failure pauses."""
 
 
-def _onboard(workdir: Path, device: Device, url: str, root_json: Path) -> str:
-    """DI at the factory, then zero-touch onboarding; returns the update URL the owner gave."""
-    # Server-only code (Starlette, SQLAlchemy): imported when used.
-    from afield.device.onboard import OnboardOptions, manufacture, onboard
-    from afield.fdo.modules import Handoff
-    from afield.fdo.server.site import local_site
-
-    shutil.rmtree(workdir / "fdo", ignore_errors=True)
-    handoff = Handoff(fleet_url=url, tuf_root=root_json.read_bytes())
-    with local_site(workdir / "fdo", handoff) as site:
-        made, _ = manufacture(device, site.manufacturer_url, device_info="acme gateway")
-        console.print(f"factory: DI gave the device its FDO credential, GUID {made.guid}")
-        site.sell(made.guid)
-        console.print("its voucher went to the owner, who registered it at the rendezvous server")
-        result = onboard(device, OnboardOptions(rounds=1, timeout=10))
-    console.print(
-        f"onboarded in {result.seconds * 1000:.0f} ms (TO1, TO2): new GUID {result.new_guid}; "
-        f"the owner handed over the update server {url} and the repository's TUF root"
-    )
-    return str(result.handoff["fleet_url"])
-
-
-def demo_command(
-    workdir: Path = typer.Option(Path("_demo"), "--workdir", help="Where the demo writes."),
-    example: Path = typer.Option(
-        _PROJECT / "examples" / "gateway.toml", "--example", help="The 1.0.0 blueprint."
-    ),
-) -> None:
-    """Compose images, then update a simulated device with a good and a broken release."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    repo = workdir / "repo"
-    text = example.read_text()
-    files = {"1.0.0": text, "1.1.0": second_version(text), "1.2.0": broken_version(text)}
-    paths = {}
-    for version, content in files.items():
-        paths[version] = workdir / f"gateway-{version}.toml"
-        paths[version].write_text(content)
-    v1, v2 = _compose(paths["1.0.0"], repo), _compose(paths["1.1.0"], repo)
+def _print_diff(repo: Path, old_commit: str, new_commit: str) -> None:
     ostree_repo = open_repository(repo)
-    old, new = image_info(ostree_repo, v1.commit), image_info(ostree_repo, v2.commit)
+    old, new = image_info(ostree_repo, old_commit), image_info(ostree_repo, new_commit)
     changes = diff_packages(old.packages, new.packages)
     console.rule("what changed from 1.0.0 to 1.1.0")
     for name, version in changes.added.items():
@@ -159,48 +121,121 @@ def demo_command(
         console.print(f"  [red]-[/] {name} {version}")
     for change in changes.changed:
         console.print(f"  [yellow]~[/] {change.name} {change.old} -> {change.new}")
-    v3 = _compose(paths["1.2.0"], repo)
 
-    # Server-only code (uvicorn): imported when used, so `afield` starts on a device without it.
-    from afield.release.serve import running
 
-    console.rule("signed releases, served on 127.0.0.1")
+def _say(line: str) -> None:
+    console.print(f"  rollout: {line}", soft_wrap=True, markup=False)
+
+
+def _updates(demo: DemoDevice) -> list[dict[str, object]]:
+    return [e for e in device_status(demo.device)["events"] if e["event"] == "update staged"]
+
+
+def _summary(site: DemoSite, devices: list[DemoDevice], sizes: dict[str, int]) -> None:
+    console.rule("where the fleet ended")
+    table = Table("device", "GUID", "runs", "status", "updates (bytes downloaded)")
+    for demo in devices:
+        shown = site.api("GET", f"/api/v1/devices/{demo.device_id}")
+        updates = []
+        for event in _updates(demo):
+            version = str(event.get("version"))
+            spent = int(str(event.get("bytes_downloaded") or 0))
+            full = sizes.get(version)
+            share = f", {100 * spent / full:.1f}% of the image" if full else ""
+            updates.append(f"{version}: {spent:,}{share}")
+        table.add_row(
+            demo.name,
+            demo.device_id[:8],
+            str(shown["current_version"]),
+            str(shown["status"]),
+            "; ".join(updates) or "none",
+        )
+    console.print(table)
+    events = site.api("GET", "/api/v1/events", params={"limit": 200})["data"]
+    console.rule("the audit trail (oldest first)")
+    for event in reversed(events):
+        if event["kind"] in _QUIET_EVENTS:
+            continue
+        details = event["details"]
+        note = details.get("reason") or details.get("version") or details.get("release") or ""
+        if event["kind"] == "rollout.assign":
+            note = f"{details['count']} device(s) told to update in batch {details['batch'] + 1}"
+        console.print(
+            f"  {event['actor'][:24]:<24} {event['kind']:<22} {event['subject'][:30]:<30} "
+            f"{str(note)[:90]}",
+            soft_wrap=True,
+            markup=False,
+        )
+
+
+_QUIET_EVENTS = frozenset({"release.create", "enrollment_token.create"})
+
+
+def demo_command(
+    workdir: Path = typer.Option(Path("_demo"), "--workdir", help="Where the demo writes."),
+    example: Path = typer.Option(
+        _PROJECT / "examples" / "gateway.toml", "--example", help="The 1.0.0 blueprint."
+    ),
+) -> None:
+    """Compose three releases, onboard three devices, roll out a good and a broken release."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    repo = workdir / "repo"
+    text = example.read_text()
+    files = {"1.0.0": text, "1.1.0": second_version(text), "1.2.0": broken_version(text)}
+    composed = {}
+    for version, content in files.items():
+        path = workdir / f"gateway-{version}.toml"
+        path.write_text(content)
+        composed[version] = _compose(path, repo)
+    _print_diff(repo, composed["1.0.0"].commit, composed["1.1.0"].commit)
+
+    console.rule("signed releases")
     shutil.rmtree(workdir / "keys", ignore_errors=True)
     keyring = Keyring.generate(workdir / "keys")
     shutil.rmtree(repo / "tuf", ignore_errors=True)
     init_repository(repo, keyring)
-    for result in (v1, v2):
+    for result in composed.values():
         _publish(repo, keyring, result.commit)
+    sizes = {v: _full_size(repo, r.commit) for v, r in composed.items()}
 
-    console.rule("a device in the field (simulated sysroot)")
-    sysroot = workdir / "device"
-    shutil.rmtree(sysroot, ignore_errors=True)
-    device = Device.init(sysroot, "gateway")
-    device.install(repo, v1.commit)
-    console.print(f"factory install of 1.0.0 into {sysroot}")
-    with running(repo) as served:
-        url = _onboard(workdir, device, served, repo / "tuf" / "root.json")
-        _boot(device)
-        _update(device, url, full=_full_size(repo, v2.commit))
-        _boot(device)
-        _publish(repo, keyring, v3.commit, deltas=1)
-        _update(device, url, full=None)
-        console.print("1.2.0's sensor check fails on every boot:")
-        for _ in range(4):
-            _boot(device)
-    status = device_status(device)
-    booted = status["booted"]
-    console.rule("where the device ended")
-    console.print(f"booted {booted['version']} {booted['checksum'][:12]}")
-    for event in status["events"]:
-        if event["event"] == "staged":
-            console.print(f"  staged {event['version']}")
-        elif event["event"] == "health failed":
-            names = ", ".join(c["name"] for c in event.get("checks", []))
-            console.print(f"  health failed on {event['checksum'][:12]}: {names}")
-        elif event["event"] == "rolled back":
-            console.print(f"  rolled back {event['from'][:12]} -> {event['to'][:12]}")
+    # Server-only code (FastAPI, SQLAlchemy, uvicorn): imported when used, so `afield` starts
+    # on a device without it.
+    from afield.sim.demo import fleet_site
+
+    for stale in ("fleet.db", "manufacturer.db", "devices", "logs", "pki"):
+        target = workdir / stale
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+    with fleet_site(workdir, repo, policy=POLICY) as site:
+        console.rule(f"the fleet manager on {site.url}, with FDO onboarding")
+        devices = []
+        for name in ("gw-1", "gw-2", "gw-3"):
+            demo = site.make_device(name, repo, composed["1.0.0"].commit)
+            devices.append(demo)
+            console.print(
+                f"{name}: 1.0.0 installed at the factory, DI, voucher sold and registered, "
+                f"onboarded in {demo.onboarded.seconds * 1000:.0f} ms as {demo.device_id[:8]}",
+                soft_wrap=True,
+            )
+        with site.agents(devices):
+            site.wait_until_reported(devices, "1.0.0")
+            console.print("their agents enrolled (one-time token, CSR, certificate) and report")
+            console.rule("roll out 1.1.0: a canary first, then everyone")
+            good = site.roll_out("1.1.0", _say)
+            console.print(f"  {good.rollout['status']} in {good.seconds:.0f} s")
+            console.rule("roll out 1.2.0, whose sensor check fails")
+            bad = site.roll_out("1.2.0", _say)
+            console.print(f"  {bad.rollout['status']} in {bad.seconds:.0f} s")
+            time.sleep(8)  # the other devices keep polling: none is told to update
+        _summary(site, devices, sizes)
+        url = site.url
     console.print(
-        f"\nrepository: {repo}; device: {sysroot}\n"
-        f"try: afield image ls --repo {repo}; afield device status --sysroot {sysroot} --json"
+        f"\nthe fleet manager ran at {url} (API docs at {url}/docs). Serve it again with\n"
+        f"  afield serve --db sqlite:///{workdir}/fleet.db --repo {repo}\n"
+        f"and look: afield device status --sysroot {workdir}/devices/gw-1 --json",
+        soft_wrap=True,
     )
+    if bad.rollout["status"] != "paused":
+        raise AfieldError(f"demo: the 1.2.0 rollout should have paused: {bad.rollout}")
