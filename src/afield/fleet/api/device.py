@@ -88,7 +88,7 @@ __all__ = [
 router = APIRouter(tags=["device"])
 tokens_router = APIRouter(prefix="/enrollment-tokens", tags=["enrollment"])
 _API = "/api/v1"
-SEEN_EVERY = datetime.timedelta(seconds=5)
+SEEN_EVERY = datetime.timedelta(seconds=1)
 _KEYS_CACHED = 100_000
 _NONCES_KEPT = 1_000_000
 _LABEL = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$"
