@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 
 from afield.fleet.api.deps import (
     ApiError,
-    CursorQuery,
     LimitQuery,
     NowDep,
     OfflineAfterDep,
@@ -32,6 +31,7 @@ from afield.fleet.api.deps import (
     SessionDep,
     iso,
 )
+from afield.fleet.api.releases import TEXT
 from afield.fleet.auth import ViewerDep
 from afield.fleet.models import Device, DeviceStatus, device_status
 from afield.fleet.policy import Selector, SelectorError
@@ -204,7 +204,10 @@ def list_devices(
         DeviceStatus | None, Query(description="Only devices in this status.")
     ] = None,
     limit: LimitQuery = 100,
-    cursor: CursorQuery = None,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=128, pattern=TEXT, description="The next_cursor of the previous page."),
+    ] = None,
 ) -> DevicesPublic:
     """Devices by id, a page at a time, filtered by labels and status."""
     filters = _label_filters(label)
@@ -227,7 +230,7 @@ def show_device(
     caller: ViewerDep,
     now: NowDep,
     offline_after: OfflineAfterDep,
-    device_id: Annotated[str, Path(max_length=128)],
+    device_id: Annotated[str, Path(max_length=128, pattern=TEXT)],
 ) -> DevicePublic:
     """One device."""
     device = session.get(Device, device_id)

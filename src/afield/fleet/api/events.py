@@ -19,13 +19,13 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from afield.fleet.api.deps import (
-    CursorQuery,
     LimitQuery,
     Page,
     SessionDep,
     iso,
     newest_first,
 )
+from afield.fleet.api.releases import TEXT, IdCursorQuery
 from afield.fleet.auth import ViewerDep
 from afield.fleet.models import Event
 
@@ -55,10 +55,10 @@ class EventsPublic(Page):
 def list_events(
     session: SessionDep,
     caller: ViewerDep,
-    kind: Annotated[str | None, Query(max_length=64)] = None,
-    actor: Annotated[str | None, Query(max_length=200)] = None,
+    kind: Annotated[str | None, Query(max_length=64, pattern=TEXT)] = None,
+    actor: Annotated[str | None, Query(max_length=200, pattern=TEXT)] = None,
     limit: LimitQuery = 100,
-    cursor: CursorQuery = None,
+    cursor: IdCursorQuery = None,
 ) -> EventsPublic:
     """Events, newest first, optionally of one kind or one actor."""
     query = select(Event)
@@ -66,7 +66,8 @@ def list_events(
         query = query.where(Event.kind == kind)
     if actor is not None:
         query = query.where(Event.actor == actor)
-    rows, next_cursor = newest_first(session, query, Event.id, limit, cursor)
+    after = None if cursor is None else str(cursor)
+    rows, next_cursor = newest_first(session, query, Event.id, limit, after)
     data = []
     for row in rows:
         time = iso(row.time)

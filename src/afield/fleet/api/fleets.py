@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 
 from afield.fleet.api.deps import (
     ApiError,
-    CursorQuery,
     LimitQuery,
     NowDep,
     Page,
@@ -34,7 +33,13 @@ from afield.fleet.api.deps import (
     iso,
     record,
 )
-from afield.fleet.api.releases import ReleasePublic, ReleaseRef, find_release, release_public
+from afield.fleet.api.releases import (
+    TEXT,
+    ReleasePublic,
+    ReleaseRef,
+    find_release,
+    release_public,
+)
 from afield.fleet.auth import AdminDep, ViewerDep
 from afield.fleet.models import Device, Fleet, Rollout
 from afield.fleet.policy import RolloutPolicy, RolloutPolicyError, Selector, SelectorError
@@ -71,7 +76,11 @@ PolicyField = Annotated[
     dict[str, Any],
     Field(description='Rollout policy (afield.fleet.policy), e.g. {"batches": [1, "10%"]}.'),
 ]
-FleetPath = Annotated[str, Path(max_length=63)]
+FleetPath = Annotated[str, Path(max_length=63, pattern=TEXT)]
+CursorQuery = Annotated[
+    str | None,
+    Query(max_length=128, pattern=TEXT, description="The next_cursor of the previous page."),
+]
 
 
 class FleetCreate(BaseModel):
@@ -134,16 +143,42 @@ def _selector(text: str) -> str:
         raise ApiError(422, f"selector: {e}", field="selector") from None
 
 
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _not_text(raw: object, where: str) -> list[Problem]:
+    """Strings (keys too) in free-form JSON that are not Unicode text.
+
+    JSON can carry a lone surrogate (``"\\ud800"``); it cannot be stored, nor echoed back in an
+    error message (an answer is UTF-8), so it is refused here naming where it is, escaped.
+    """
+    if isinstance(raw, str):
+        if _escaped(raw) == raw:
+            return []
+        return [Problem(where, f'"{_escaped(raw)}" is not Unicode text (a lone surrogate)')]
+    problems: list[Problem] = []
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            inner = f"{where}.{_escaped(key)}"
+            if _escaped(key) != key:
+                problems.append(Problem(inner, "the key is not Unicode text (a lone surrogate)"))
+            problems += _not_text(value, inner)
+    elif isinstance(raw, list):
+        for index, item in enumerate(raw):
+            problems += _not_text(item, f"{where}[{index}]")
+    return problems
+
+
 def _policy(raw: dict[str, Any] | None) -> dict[str, Any]:
-    try:
-        policy = RolloutPolicy() if raw is None else RolloutPolicy.parse(raw)
-    except RolloutPolicyError as e:
-        problems = [Problem(f"policy.{p.location}", p.message) for p in e.problems]
-        first = problems[0]
-        raise ApiError(
-            422, f"{first.field}: {first.error}", field=first.field, problems=problems
-        ) from None
-    return policy.to_json()
+    problems = _not_text(raw, "policy")
+    if not problems:
+        try:
+            return (RolloutPolicy() if raw is None else RolloutPolicy.parse(raw)).to_json()
+        except RolloutPolicyError as e:
+            problems = [Problem(f"policy.{p.location}", p.message) for p in e.problems]
+    first = problems[0]
+    raise ApiError(422, f"{first.field}: {first.error}", field=first.field, problems=problems)
 
 
 def get_fleet(session: Session, name: str) -> Fleet:

@@ -33,7 +33,6 @@ from sqlalchemy.orm import Session
 
 from afield.fleet.api.deps import (
     ApiError,
-    CursorQuery,
     LimitQuery,
     NowDep,
     Page,
@@ -43,7 +42,15 @@ from afield.fleet.api.deps import (
     record,
 )
 from afield.fleet.api.fleets import ACTIVE, FleetPath, get_fleet
-from afield.fleet.api.releases import ReleasePublic, ReleaseRef, find_release, release_public
+from afield.fleet.api.releases import (
+    MAX_ID,
+    TEXT,
+    IdCursorQuery,
+    ReleasePublic,
+    ReleaseRef,
+    find_release,
+    release_public,
+)
 from afield.fleet.auth import AdminDep, Caller, ViewerDep
 from afield.fleet.models import Fleet, Rollout, state_from_json, state_to_json
 from afield.fleet.policy import RolloutPolicy
@@ -69,7 +76,7 @@ __all__ = [
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 fleet_router = APIRouter(prefix="/fleets", tags=["rollouts"])
-RolloutPath = Annotated[int, Path(ge=1, le=2**62)]
+RolloutPath = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 class RolloutCreate(BaseModel):
@@ -202,10 +209,10 @@ def start_rollout(
 def list_rollouts(
     session: SessionDep,
     caller: ViewerDep,
-    fleet: Annotated[str | None, Query(max_length=63)] = None,
+    fleet: Annotated[str | None, Query(max_length=63, pattern=TEXT)] = None,
     status: Annotated[Status | None, Query()] = None,
     limit: LimitQuery = 100,
-    cursor: CursorQuery = None,
+    cursor: IdCursorQuery = None,
 ) -> RolloutsPublic:
     """Rollouts, newest first, optionally of one fleet or in one status."""
     query = select(Rollout)
@@ -213,7 +220,8 @@ def list_rollouts(
         query = query.join(Rollout.fleet).where(Fleet.name == fleet)
     if status is not None:
         query = query.where(Rollout.status == status.value)
-    rows, next_cursor = newest_first(session, query, Rollout.id, limit, cursor)
+    after = None if cursor is None else str(cursor)
+    rows, next_cursor = newest_first(session, query, Rollout.id, limit, after)
     data = [rollout_public(r) for r in rows]
     return RolloutsPublic(data=data, count=len(data), next_cursor=next_cursor)
 
