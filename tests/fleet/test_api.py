@@ -506,7 +506,9 @@ def test_wrong_shapes_are_a_4xx_never_a_500(server: Server, body: object) -> Non
 
 def test_an_unknown_route_is_a_json_404(server: Server) -> None:
     response = server.admin.get("/api/v1/nothing")
-    assert response.status_code == 404 and response.json()["error"] == "Not Found"
+    assert response.status_code == 404, response.text
+    assert response.json()["field"] == "path"
+    assert "/api/v1/nothing: no such resource" in response.json()["error"]
 
 
 # --- the edges: /healthz, /metrics, access log, /docs, /repo/ ------------------------------------

@@ -15,16 +15,15 @@ ones (the running commits, the device API) must.
 The contract every answer keeps: never a 5xx; every 4xx is JSON ``{"error", "field",
 "problems"}`` with a non-empty message and a non-empty field; a 400/401/403/404/422 names a part
 of the request (a parameter or header, a body path that was sent or that the schema has, or
-``body``); a 413 names ``body``; on a bearer-token route a 401/403 names ``Authorization``, an
+``body``; a 404 for a path no route has names ``path``, a 405 names ``method``); a 413 names
+``body``; on a bearer-token route a 401/403 names ``Authorization``, an
 admin never gets one, a viewer that writes gets 403 and a request without a valid token gets 401
 (or, when its body is not JSON at all, the 422/400 FastAPI answers before any dependency runs).
 
 The tests after the fuzzer add what the schema cannot say: bodies over the size limit, bodies
 that are not JSON, rollout policies (a free-form object in the schema), text and numbers
 PostgreSQL cannot store (on a throwaway cluster; marked root), and one regression test per bug
-the fuzzing found. Bugs whose fix belongs in a file this test's author could not change are
-``xfail(strict=True)``: fixing one turns its test into a failure that says to drop the marker
-(and the matching entry of :data:`KNOWN_UNNAMED`).
+the fuzzing found.
 
 What it leaves to others: what each route does with valid input (``test_api.py``), the device
 API's signatures and the FDO owner's protocol (their own tests).
@@ -73,19 +72,6 @@ MAX_BODY = 64 * 1024  # FleetSettings.max_body_bytes, the default the fixtures u
 # the schemathesis test takes ~10 s on 2 cores with this (the file ~20 s); raise it locally to
 # dig deeper.
 FUZZ_EXAMPLES = 8
-# Refusals answered today without a field, tolerated exactly as they are (operation, or None for
-# any; status; how the message starts); each has a strict xfail test below. The first three come
-# from app.py's handler of Starlette's own HTTPExceptions, which passes field=None: a body
-# FastAPI cannot decode (not UTF-8, a number past Python's 4300 digits, nesting past the JSON
-# parser's depth), a path no route has (a path parameter with "%2F" in it), a method the path
-# does not take. The last is fleet/fdo.py's voucher import, which names no field for a body
-# that is not a voucher.
-KNOWN_UNNAMED = [
-    (None, 400, "There was an error parsing the body"),
-    (None, 404, "Not Found"),
-    (None, 405, "Method Not Allowed"),
-    ("POST /api/v1/vouchers", 400, "body: not an ownership voucher"),
-]
 RELEASES: list[dict[str, str]] = [
     {"image": "gateway", "arch": "x86_64", "version": "1.0", "commit": "1" * 64},
     {"image": "gateway", "arch": "x86_64", "version": "1.1", "commit": "2" * 64},
@@ -280,7 +266,7 @@ _RAW_MEDIA = {
 if _RAW_MEDIA:
     schemathesis.serializer.alias(sorted(_RAW_MEDIA), "application/octet-stream")
 schema = schemathesis.openapi.from_dict(OPENAPI)
-# One unexpected method per path is enough to see how the app answers it (405, KNOWN_UNNAMED).
+# One unexpected method per path is enough to see how the app answers it (a 405 naming the method).
 schema.config.phases.coverage.unexpected_methods = {"PUT"}
 # (method, path template) of every operation, for the tests that go through them one by one.
 OPERATIONS = sorted((m.upper(), p) for p, item in OPENAPI["paths"].items() for m in item)
@@ -328,17 +314,8 @@ def _names_part_of(where: str, names: set[str]) -> bool:
     return any(where == n or where.startswith((f"{n}.", f"{n}[")) for n in names)
 
 
-def _known_unnamed(operation: str, status: int, body: dict[str, Any]) -> bool:
-    return body["field"] is None and any(
-        label in (None, operation) and status == code and body["error"].startswith(start)
-        for label, code, start in KNOWN_UNNAMED
-    )
-
-
 def _unparsable(status: int, body: dict[str, Any]) -> bool:
-    """A refusal of a body that is not JSON at all (FastAPI's, before any dependency runs)."""
-    if status == 400 and body["field"] is None:
-        return bool(body["error"] == "There was an error parsing the body")
+    """A refusal of a body that is not JSON at all (before any dependency runs)."""
     return status == 422 and all(
         p["field"] == "body" and p["error"].startswith(("not valid JSON", "not JSON"))
         for p in body["problems"]
@@ -368,16 +345,16 @@ def check_answer(
         assert isinstance(problem["field"], str), shown
         assert isinstance(problem["error"], str), shown
         assert problem["error"].strip(), shown
-    if _known_unnamed(operation, status, body):
-        assert body["problems"] == [{"field": "", "error": body["error"]}], shown
-        return body
     where = body["field"]
     assert isinstance(where, str), f"{shown}: names no field"
     assert where, f"{shown}: names an empty field"
     assert body["problems"][0]["field"] == where, shown
     if status == 413:
         assert where == "body", shown
+    elif status == 405:
+        assert where == "method", shown
     elif status in (400, 401, 403, 404, 422):
+        names = names | {"path"} if status == 404 else names
         for named in [where, *(p["field"] for p in body["problems"])]:
             assert _names_part_of(named, names), f"{shown}: {named!r} is none of {sorted(names)}"
     return body
@@ -543,8 +520,6 @@ def test_a_body_that_is_not_json_is_refused_naming_the_body(
         fleet.seed()  # bytes that happened to be JSON may have changed a seeded object
     json_route = operation in JSON_BODY and fleet.bearer[operation]
     if json_route and media == "application/json" and data and not _is_json(data):
-        if body and _known_unnamed(label, answer.status_code, body):
-            return  # FastAPI's 400 for bytes it cannot decode (see the xfail test below)
         assert answer.status_code == 422, f"{label} {data!r}: {answer.text}"
         assert {p["field"] for p in body["problems"]} == {"body"}, f"{label} {data!r}: {body!r}"
 
@@ -558,10 +533,9 @@ def _anything() -> st.SearchStrategy[Any]:
     )
 
 
-# Text for policy values. Without superscript digits (category No): str.isdigit() accepts them
-# and float() does not, which crashes policy.py's duration parser (see the xfail test below).
-_TEXT = st.text(st.characters(exclude_categories=("No", "Cs")), max_size=12) | st.sampled_from(
-    ["\ud800", "a\udfff", "\x00", "10%", "1h30m", "", " "]
+# Text for policy values, superscript and other scripts' digits included (int() refuses them).
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12) | st.sampled_from(
+    ["\ud800", "a\udfff", "\x00", "10%", "1h30m", "", " ", "\u00b2", "\u0661\u0660%", "1" * 5000]
 )
 _AMOUNT = st.one_of(
     st.integers(-3, 10**9),
@@ -802,11 +776,6 @@ def _names(answer: requests.Response, field: str, status: int | None = None) -> 
         pytest.fail(f"expected a refusal naming {field!r}: {answer.status_code} {body}", False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py: FastAPI's 400 for a body it cannot decode goes through the handler of "
-    "Starlette's HTTPException, which passes field=None (name 'body'; drop KNOWN_UNNAMED[0])",
-)
 @pytest.mark.parametrize("data", [b"\xff", b'{"name": ' + b"1" * 5000 + b"}", b"[" * 5000])
 def test_a_body_that_cannot_be_decoded_names_the_body(fleet: Fleet, data: bytes) -> None:
     # Threat: a refusal that does not say what is wrong with the request.
@@ -816,11 +785,6 @@ def test_a_body_that_cannot_be_decoded_names_the_body(fleet: Fleet, data: bytes)
     _names(answer, "body")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py: _Edge's _TooLarge is an Exception, which FastAPI's body parser turns into "
-    "its 400 'There was an error parsing the body' (field=None) instead of the 413",
-)
 def test_a_streamed_body_over_the_limit_is_413_naming_the_body(fleet: Fleet) -> None:
     # Threat: a client makes the server buffer a body of any size, sent without a length.
     def chunks() -> Iterator[bytes]:
@@ -836,31 +800,16 @@ def test_a_streamed_body_over_the_limit_is_413_naming_the_body(fleet: Fleet) -> 
     _names(answer, "body", 413)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py: Starlette's 404 for a path no route has is answered with field=None "
-    "(name 'path'; drop KNOWN_UNNAMED[1])",
-)
 def test_a_path_no_route_has_names_the_path(fleet: Fleet) -> None:
     # Threat: a refusal that does not say what is wrong with the request.
     _names(fleet.request("GET", "/api/v1/fleets/ber%2Flin"), "path")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py: Starlette's 405 is answered with field=None (name 'method'; drop "
-    "KNOWN_UNNAMED[2])",
-)
 def test_a_method_the_path_does_not_take_names_the_method(fleet: Fleet) -> None:
     # Threat: a refusal that does not say what is wrong with the request.
     _names(fleet.request("DELETE", "/api/v1/fleets"), "method")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fleet/fdo.py: import_voucher raises ApiError(400, 'body: not an ownership voucher "
-    "...') without field='body' (drop KNOWN_UNNAMED[3])",
-)
 def test_a_voucher_that_does_not_parse_names_the_body(fleet: Fleet) -> None:
     # Threat: a refusal that does not say what is wrong with the request.
     answer = fleet.request(
@@ -869,11 +818,6 @@ def test_a_voucher_that_does_not_parse_names_the_body(fleet: Fleet) -> None:
     _names(answer, "body")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fleet/policy.py: _parse_duration takes str.isdigit() text to float(), which "
-    "refuses superscript digits: ValueError, a 500 (match [0-9]+ instead)",
-)
 def test_a_duration_of_superscript_digits_is_422(fleet: Fleet) -> None:
     # Threat: a rollout policy crashes the parser: a 500.
     answer = fleet.request(
@@ -882,11 +826,6 @@ def test_a_duration_of_superscript_digits_is_422(fleet: Fleet) -> None:
     _names(answer, "policy.health_window")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fleet/policy.py: Amount.parse takes a count or percentage of any length to int() "
-    "and Fraction(), which refuse more than 4300 digits: ValueError, a 500",
-)
 def test_a_batch_size_of_5000_digits_is_422(fleet: Fleet) -> None:
     # Threat: a rollout policy crashes the parser: a 500.
     answer = fleet.request(

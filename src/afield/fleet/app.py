@@ -219,7 +219,7 @@ def _escape(value: str) -> str:
 
 
 class _TooLarge(Exception):
-    pass
+    """A body went past the limit while it was read (a chunked body has no length to check)."""
 
 
 class _Edge:
@@ -355,9 +355,17 @@ def _validation_problems(errors: list[dict[str, Any]]) -> list[Problem]:
     return problems or [Problem("body", "the request is not valid")]
 
 
+class _AsciiJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error that echoes input holding a lone
+    surrogate (valid JSON, not encodable as UTF-8) still has a body."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
 def _answer(status: int, message: str, field: str | None, problems: list[Problem]) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(error_body(message, field, problems), status_code=status, headers=headers)
+    return _AsciiJSON(error_body(message, field, problems), status_code=status, headers=headers)
 
 
 def _status_of(error: AfieldError) -> tuple[int, str | None, list[Problem]]:
@@ -386,7 +394,20 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101  # registered for it
-        return _answer(exc.status_code, str(exc.detail), None, [])
+        status, message = exc.status_code, str(exc.detail)
+        if isinstance(exc.__cause__, _TooLarge):  # a streamed body past the limit
+            limit = request.app.state.settings.max_body_bytes
+            return _answer(413, f"the request body is larger than {limit} bytes", "body", [])
+        if status == 400 and message == "There was an error parsing the body":
+            # Not UTF-8, a number past Python's 4300 digits, nesting past the parser's depth.
+            text = "not JSON this server can read (its bytes, length or nesting)"
+            return _answer(422, f"body: {text}", "body", [Problem("body", text)])
+        where = {404: "path", 405: "method"}.get(status)
+        if where == "path":
+            message = f"{request.url.path}: no such resource (see /docs)"
+        elif where == "method":
+            message = f"{request.method} is not accepted at {request.url.path} (see /docs)"
+        return _answer(status, message, where, [])
 
     async def afield(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AfieldError)  # noqa: S101  # registered for it

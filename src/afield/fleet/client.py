@@ -396,7 +396,7 @@ def _answer_error(method: str, url: str, status: int, body: Any) -> FleetRequest
         return FleetRequestError(
             f"{text}: is --server the fleet manager?", url=url, status=status, user_error=True
         )
-    if status == 404 and field is None:  # no route answered, not a missing fleet or device
+    if status == 404 and field in (None, "path"):  # no route answered, not a missing object
         message = f"{method} {url}: {message} (is --server the fleet manager?)"
     elif len(problems) > 1:
         message = f"{len(problems)} problems\n" + "\n".join(

@@ -219,7 +219,8 @@ class FleetFdo:
         try:
             voucher = Voucher.load(data)
         except FdoMessageError as e:
-            raise ApiError(400, f"body: not an ownership voucher (PEM or CBOR): {e}") from None
+            message = f"body: not an ownership voucher (PEM or CBOR): {e}"
+            raise ApiError(400, message, field="body") from None
         try:
             self.owner_store.add(voucher)
         except VoucherExistsError as e:
@@ -260,7 +261,8 @@ async def import_voucher(request: Request, caller: AdminDep, now: NowDep) -> Vou
     """Import a voucher extended to this owner (PEM or CBOR) and register it at once."""
     fdo: FleetFdo | None = getattr(request.app.state, "fdo", None)
     if fdo is None:
-        raise ApiError(404, "this fleet manager serves no FDO owner (start it with --fdo-pki)")
+        message = "this fleet manager serves no FDO owner (start it with --fdo-pki)"
+        raise ApiError(404, message, field="path")
     data = await request.body()
     if not data:
         raise ApiError(400, "body: empty; send the voucher as PEM or CBOR", field="body")

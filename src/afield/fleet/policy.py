@@ -58,9 +58,13 @@ MAX_WINDOW = 7 * 86400  # a maintenance window lasts at most a week
 _AMOUNT_HINT = 'expected a whole number of devices (at least 1) or a percentage such as "10%"'
 _DURATION_HINT = 'expected seconds (a number) or a duration such as "90s", "15m", "2h", "1h30m"'
 _FRACTION_HINT = 'expected a fraction from 0 to 1 (such as 0.9) or a percentage (such as "90%")'
-_PERCENT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
-_COUNT = re.compile(r"\s*(\d+)\s*")
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+# ASCII digits only, and few of them: int() and float() refuse other scripts' digits (which
+# \d accepts) and numbers past 4300 digits, and no count, percentage or duration needs more.
+_PERCENT = re.compile(r"\s*([0-9]{1,12}(?:\.[0-9]{1,12})?)\s*%\s*")
+_COUNT = re.compile(r"\s*([0-9]{1,12})\s*")
+_SECONDS = re.compile(r"[0-9]{1,12}")
+_SMALL = re.compile(r"[0-9]{1,6}")  # a cron field's number or step
+_DURATION = re.compile(r"(?:([0-9]{1,9})d)?(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,9})s)?")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]*[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)?")
 
@@ -199,7 +203,7 @@ def _parse_duration(raw: object, where: str = "duration") -> float:
         return value
     if isinstance(raw, str):
         text = raw.strip()
-        if text.isdigit():
+        if _SECONDS.fullmatch(text):
             return float(text)
         match = _DURATION.fullmatch(text)
         if text and match:
@@ -290,14 +294,14 @@ def _cron_field(text: str, spec: tuple[str, int, int], where: str) -> frozenset[
         base, slash, step_text = item.partition("/")
         step = 1
         if slash:
-            if not step_text.isdigit() or int(step_text) < 1:
+            if not _SMALL.fullmatch(step_text) or int(step_text) < 1:
                 raise _fail(where, f"{name} {_shown(item)}: the step after / must be 1 or more")
             step = int(step_text)
         if base == "*":
             first, last = low, high
         else:
             start, dash, end = base.partition("-")
-            if not start.isdigit() or (dash and not end.isdigit()):
+            if not _SMALL.fullmatch(start) or (dash and not _SMALL.fullmatch(end)):
                 raise _fail(
                     where,
                     f"{name} {_shown(item)} is not *, a number, a range a-b or a step */n, a-b/n",

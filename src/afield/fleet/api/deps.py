@@ -11,6 +11,9 @@ message that says what is accepted, and the field at fault. :func:`error_body` i
 ``field`` repeat the first. Dependencies come as typed aliases: :data:`SessionDep` (a session
 closed after the request), :data:`NowDep` (the app's clock, so tests can fix time) and
 :data:`OfflineAfterDep` (seconds without a check-in before a device counts as offline).
+Parameters stay within what a database can take (:data:`TEXT` has no NUL, :data:`MAX_ID` and
+:data:`IdCursorQuery` fit PostgreSQL's 32-bit ids), so such a parameter is a 422 naming it,
+never a 500 from SQL.
 :func:`record` adds an event to the audit trail in the caller's transaction, so a write and its
 event commit together or not at all.
 
@@ -35,9 +38,12 @@ from afield.errors import FleetError
 from afield.fleet.models import Event
 
 __all__ = [
+    "MAX_ID",
     "MAX_PAGE",
+    "TEXT",
     "ApiError",
     "CursorQuery",
+    "IdCursorQuery",
     "LimitQuery",
     "NowDep",
     "OfflineAfterDep",
@@ -50,6 +56,10 @@ __all__ = [
 ]
 
 MAX_PAGE = 500
+MAX_ID = 2**31 - 1
+"""The largest id a parameter may name: ids are 32-bit INTEGER columns on PostgreSQL."""
+TEXT = r"^[^\x00]*$"
+"""Text parameters hold no NUL, which PostgreSQL text cannot store."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,11 @@ LimitQuery = Annotated[
 ]
 CursorQuery = Annotated[
     str | None,
-    Query(max_length=128, description="The next_cursor of the previous page."),
+    Query(max_length=128, pattern=TEXT, description="The next_cursor of the previous page."),
+]
+IdCursorQuery = Annotated[
+    int | None,
+    Query(ge=0, le=MAX_ID, description="The next_cursor of the previous page."),
 ]
 
 
@@ -125,7 +139,7 @@ _Row = TypeVar("_Row")
 
 
 def newest_first(
-    session: Session, query: Select[_Row], id_column: Any, limit: int, cursor: str | None
+    session: Session, query: Select[_Row], id_column: Any, limit: int, cursor: int | None
 ) -> tuple[list[_Row], str | None]:
     """One page of ``query`` by descending integer id: the rows and the next page's cursor.
 
@@ -135,9 +149,7 @@ def newest_first(
     """
     query = query.order_by(id_column.desc()).limit(limit + 1)
     if cursor is not None:
-        if not cursor.isdigit():
-            raise ApiError(422, f"cursor {cursor!r} is not a next_cursor", field="cursor")
-        query = query.where(id_column < int(cursor))
+        query = query.where(id_column < cursor)
     rows = list(session.scalars(query).unique().all())
     more = len(rows) > limit
     rows = rows[:limit]

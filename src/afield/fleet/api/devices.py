@@ -23,7 +23,9 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from afield.fleet.api.deps import (
+    TEXT,
     ApiError,
+    CursorQuery,
     LimitQuery,
     NowDep,
     OfflineAfterDep,
@@ -31,7 +33,6 @@ from afield.fleet.api.deps import (
     SessionDep,
     iso,
 )
-from afield.fleet.api.releases import TEXT
 from afield.fleet.auth import ViewerDep
 from afield.fleet.models import Device, DeviceStatus, device_status
 from afield.fleet.policy import Selector, SelectorError
@@ -204,10 +205,7 @@ def list_devices(
         DeviceStatus | None, Query(description="Only devices in this status.")
     ] = None,
     limit: LimitQuery = 100,
-    cursor: Annotated[
-        str | None,
-        Query(max_length=128, pattern=TEXT, description="The next_cursor of the previous page."),
-    ] = None,
+    cursor: CursorQuery = None,
 ) -> DevicesPublic:
     """Devices by id, a page at a time, filtered by labels and status."""
     filters = _label_filters(label)

@@ -19,13 +19,14 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from afield.fleet.api.deps import (
+    TEXT,
+    IdCursorQuery,
     LimitQuery,
     Page,
     SessionDep,
     iso,
     newest_first,
 )
-from afield.fleet.api.releases import TEXT, IdCursorQuery
 from afield.fleet.auth import ViewerDep
 from afield.fleet.models import Event
 
@@ -66,8 +67,7 @@ def list_events(
         query = query.where(Event.kind == kind)
     if actor is not None:
         query = query.where(Event.actor == actor)
-    after = None if cursor is None else str(cursor)
-    rows, next_cursor = newest_first(session, query, Event.id, limit, after)
+    rows, next_cursor = newest_first(session, query, Event.id, limit, cursor)
     data = []
     for row in rows:
         time = iso(row.time)

@@ -17,14 +17,16 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from afield.fleet.api.deps import (
+    TEXT,
     ApiError,
+    CursorQuery,
     LimitQuery,
     NowDep,
     Page,
@@ -34,7 +36,6 @@ from afield.fleet.api.deps import (
     record,
 )
 from afield.fleet.api.releases import (
-    TEXT,
     ReleasePublic,
     ReleaseRef,
     find_release,
@@ -77,10 +78,6 @@ PolicyField = Annotated[
     Field(description='Rollout policy (afield.fleet.policy), e.g. {"batches": [1, "10%"]}.'),
 ]
 FleetPath = Annotated[str, Path(max_length=63, pattern=TEXT)]
-CursorQuery = Annotated[
-    str | None,
-    Query(max_length=128, pattern=TEXT, description="The next_cursor of the previous page."),
-]
 
 
 class FleetCreate(BaseModel):

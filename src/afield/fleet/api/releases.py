@@ -16,11 +16,6 @@ image and arch (a delta can only start from a commit the repository has, which i
 release's), most devices first, then by commit. It needs no token: the client sends none, and
 it reveals no more than the repository itself (which commits exist) plus counts.
 
-It also holds what the route modules share to keep parameters within what a database can take:
-:data:`TEXT` (no NUL, which PostgreSQL text cannot hold), :data:`MAX_ID` and
-:data:`IdCursorQuery` (ids are 32-bit INTEGER columns on PostgreSQL), so such a parameter is a
-422 naming it rather than a 500 from SQL.
-
 What it leaves to others: registering releases from the repository's TUF targets automatically,
 deleting releases, building the deltas (:mod:`afield.release.publish`).
 """
@@ -37,7 +32,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from afield.fleet.api.deps import (
+    TEXT,
     ApiError,
+    IdCursorQuery,
     LimitQuery,
     NowDep,
     Page,
@@ -52,10 +49,7 @@ from afield.fleet.models import Device, Release
 __all__ = [
     "ARCH",
     "IMAGE",
-    "MAX_ID",
-    "TEXT",
     "VERSION",
-    "IdCursorQuery",
     "ReleaseCreate",
     "ReleasePublic",
     "ReleaseRef",
@@ -75,13 +69,6 @@ IMAGE = r"^[a-z0-9][a-z0-9._-]*$"
 ARCH = r"^[A-Za-z0-9_]+$"
 VERSION = r"^[A-Za-z0-9][A-Za-z0-9.+~_-]*$"
 COMMIT = r"^[0-9a-f]{64}$"
-# What a database can be asked for (see the module docstring).
-MAX_ID = 2**31 - 1
-TEXT = r"^[^\x00]*$"
-IdCursorQuery = Annotated[
-    int | None,
-    Query(ge=0, le=MAX_ID, description="The next_cursor of the previous page."),
-]
 
 ImageField = Annotated[
     str, Field(min_length=1, max_length=64, pattern=IMAGE, description="Image name.")
@@ -202,8 +189,7 @@ def list_releases(
         query = query.where(Release.image == image)
     if arch is not None:
         query = query.where(Release.arch == arch)
-    after = None if cursor is None else str(cursor)
-    rows, next_cursor = newest_first(session, query, Release.id, limit, after)
+    rows, next_cursor = newest_first(session, query, Release.id, limit, cursor)
     data = [release_public(r) for r in rows]
     return ReleasesPublic(data=data, count=len(data), next_cursor=next_cursor)
 

@@ -32,7 +32,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from afield.fleet.api.deps import (
+    MAX_ID,
+    TEXT,
     ApiError,
+    IdCursorQuery,
     LimitQuery,
     NowDep,
     Page,
@@ -43,9 +46,6 @@ from afield.fleet.api.deps import (
 )
 from afield.fleet.api.fleets import ACTIVE, FleetPath, get_fleet
 from afield.fleet.api.releases import (
-    MAX_ID,
-    TEXT,
-    IdCursorQuery,
     ReleasePublic,
     ReleaseRef,
     find_release,
@@ -220,8 +220,7 @@ def list_rollouts(
         query = query.join(Rollout.fleet).where(Fleet.name == fleet)
     if status is not None:
         query = query.where(Rollout.status == status.value)
-    after = None if cursor is None else str(cursor)
-    rows, next_cursor = newest_first(session, query, Rollout.id, limit, after)
+    rows, next_cursor = newest_first(session, query, Rollout.id, limit, cursor)
     data = [rollout_public(r) for r in rows]
     return RolloutsPublic(data=data, count=len(data), next_cursor=next_cursor)
 
