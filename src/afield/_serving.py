@@ -11,6 +11,7 @@ What it leaves to others: the apps, TLS (a reverse proxy in front).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -80,7 +81,10 @@ def serve(
     with sock:
         if on_ready is not None:
             on_ready(url_of(sock))
-        _server(app).run(sockets=[sock])
+        # uvicorn shuts down on SIGINT, then raises the signal again for its caller: the
+        # server stopped as asked, which is success.
+        with contextlib.suppress(KeyboardInterrupt):
+            _server(app).run(sockets=[sock])
 
 
 @contextmanager
