@@ -26,6 +26,7 @@ from afield.cli import (
     release,
     repo,
     serve,
+    sim,
 )
 from afield.cli._output import err_console
 from afield.errors import AfieldError
@@ -55,6 +56,7 @@ device.app.command("show")(operator.device_show)
 app.command("serve")(serve.serve_command)
 app.command("compose")(compose.compose_command)
 app.command("demo")(demo.demo_command)
+app.command("sim")(sim.sim_command)
 
 _state = {"debug": False}
 
