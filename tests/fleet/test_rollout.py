@@ -38,6 +38,7 @@ from afield.fleet import (
     resume,
     step,
 )
+from afield.fleet.policy import MAX_DURATION
 
 TARGET = "new"
 OLD = "old"
@@ -570,6 +571,9 @@ def test_bad_cron_is_refused_naming_the_cron_field(cron: str, message: str) -> N
         ({"success_threshold": 0}, "success_threshold: 0.0 must be above 0, at most 1"),
         ({"failure_threshold": "ten"}, 'failure_threshold: "ten" is not a fraction'),
         ({"health_window": "5 minutes"}, 'health_window: "5 minutes" is not a duration'),
+        # Found by fuzzing: a duration too long to be written back in a form parsing accepts.
+        ({"health_window": 8.64e13}, "health_window: 86400000000000.0 is longer than 3650 days"),
+        ({"update_timeout": "3651d"}, 'update_timeout: "3651d" is longer than 3650 days'),
         ({"update_timeout": 0}, "update_timeout: 0.0 must be above 0 seconds"),
         ({"max_unavailable": "-1"}, 'max_unavailable: "-1" is not a device count'),
         ({"manual_approval": "yes"}, 'manual_approval: "yes" is not true or false'),
@@ -611,6 +615,13 @@ def test_policy_built_in_code_is_checked_too() -> None:
     with pytest.raises(RolloutPolicyError) as caught:
         RolloutPolicy(success_threshold=2.0, update_timeout=-1.0)
     assert [p.location for p in caught.value.problems] == ["success_threshold", "update_timeout"]
+
+
+def test_the_longest_durations_are_stored_in_a_form_that_parses_back() -> None:
+    longest = {"health_window": MAX_DURATION, "update_timeout": float(MAX_DURATION) - 0.5}
+    shown = RolloutPolicy.parse(longest).to_json()
+    assert shown["health_window"] == "3650d"
+    assert RolloutPolicy.parse(shown).to_json() == shown
 
 
 def test_policy_defaults_and_implicit_last_batch() -> None:

@@ -45,6 +45,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from afield.errors import FleetError, Problem
 
 __all__ = [
+    "MAX_DURATION",
     "Amount",
     "Cron",
     "MaintenanceWindow",
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 MAX_WINDOW = 7 * 86400  # a maintenance window lasts at most a week
+MAX_DURATION = 3650 * 86400  # ten years: no window, timeout or wait in a rollout needs more
 _AMOUNT_HINT = 'expected a whole number of devices (at least 1) or a percentage such as "10%"'
 _DURATION_HINT = 'expected seconds (a number) or a duration such as "90s", "15m", "2h", "1h30m"'
 _FRACTION_HINT = 'expected a fraction from 0 to 1 (such as 0.9) or a percentage (such as "90%")'
@@ -196,11 +198,18 @@ def _parse_fraction(raw: object, where: str) -> float:
 
 def _parse_duration(raw: object, where: str = "duration") -> float:
     """Seconds from ``90``, ``1.5``, ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"`` or ``"1h30m"``."""
+    value = _duration_seconds(raw)
+    if value is None or not math.isfinite(value) or value < 0:
+        raise _fail(where, f"{_shown(raw)} is not a duration: {_DURATION_HINT}")
+    if value > MAX_DURATION:
+        # Bounded so that every stored duration is written back in a form parsing accepts.
+        raise _fail(where, f"{_shown(raw)} is longer than {MAX_DURATION // 86400} days")
+    return value
+
+
+def _duration_seconds(raw: object) -> float | None:
     if isinstance(raw, int | float) and not isinstance(raw, bool):
-        value = float(raw)
-        if not math.isfinite(value) or value < 0:
-            raise _fail(where, f"{_shown(raw)} is not a duration: {_DURATION_HINT}")
-        return value
+        return float(raw)
     if isinstance(raw, str):
         text = raw.strip()
         if _SECONDS.fullmatch(text):
@@ -209,7 +218,7 @@ def _parse_duration(raw: object, where: str = "duration") -> float:
         if text and match:
             days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
             return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
-    raise _fail(where, f"{_shown(raw)} is not a duration: {_DURATION_HINT}")
+    return None
 
 
 def _duration_json(seconds: float) -> str | float:
