@@ -296,6 +296,43 @@ def test_device_requests_without_a_valid_signature_are_refused(server: Server) -
     assert "dev-ghost" in _refused(response, 401, "Authorization")
 
 
+def test_the_polls_fast_path_answers_as_the_route_does(server: Server) -> None:
+    # A plain poll is answered by PollFastPath; the same poll with a query parameter it does
+    # not take goes through FastAPI's route. Both must answer alike, refusals included.
+    device, other = server.enroll(), server.enroll()
+
+    def both(target: str, *, key: Any = None, **headers: str) -> list[httpx.Response]:
+        return [
+            device.signed("GET", target, key=key, **headers),
+            device.signed("GET", f"{target}{'&' if '?' in target else '?'}via=route", key=key,
+                          **headers),
+        ]  # fmt: skip
+
+    def alike(answers: list[httpx.Response]) -> httpx.Response:
+        fast, route = answers
+        assert (fast.status_code, fast.content) == (route.status_code, route.content)
+        assert fast.headers.get("ETag") == route.headers.get("ETag")
+        assert fast.headers.get("Content-Type") == route.headers.get("Content-Type")
+        return fast
+
+    first = alike(both(DESIRED_PATH))
+    assert first.status_code == 200 and first.json()["device_id"] == device.id
+    etag = first.headers["ETag"]
+    assert alike(both(f"{DESIRED_PATH}?wait=0", **{"If-None-Match": etag})).status_code == 304
+    assert alike(both(DESIRED_PATH, **{"If-None-Match": '"other"'})).status_code == 200
+    forged = alike(both(DESIRED_PATH, key=other.key))
+    assert "does not verify" in _refused(forged, 401, "Authorization")
+    # Malformed polls are the route's to refuse, with the field named.
+    _refused(device.signed("GET", f"{DESIRED_PATH}?wait=999"), 422, "wait")
+    _refused(device.signed("GET", f"{DESIRED_PATH}?wait=x"), 422, "wait")
+    _refused(
+        device.signed("GET", DESIRED_PATH, **{"If-None-Match": "x" * 201}), 422, "if-none-match"
+    )
+    # Polls answered by the fast path are counted and logged under the route's name.
+    metrics = server.client.get("/metrics").text
+    assert f'afield_fleet_request_duration_seconds_count{{route="{DESIRED_PATH}"}}' in metrics
+
+
 def test_a_replayed_or_stale_request_is_refused(server: Server) -> None:
     # Threat: a captured report is sent again later to hide a failure.
     device = server.enroll()

@@ -58,7 +58,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from afield.errors import AfieldError, FleetError
 from afield.fleet.api import api_router
 from afield.fleet.api.deps import ApiError, Problem, error_body
-from afield.fleet.api.device import DeviceService
+from afield.fleet.api.device import FAST_ROUTE, DeviceService, PollFastPath
 from afield.fleet.auth import AccessError
 from afield.fleet.ca import load_or_create_ca
 from afield.fleet.db import DEFAULT_URL, Database, DatabaseError
@@ -300,6 +300,8 @@ def _route_template(scope: Scope) -> str:
 
     Built from the path and its parameters, so it does not depend on how routers nest.
     """
+    if FAST_ROUTE in scope:
+        return str(scope[FAST_ROUTE])
     route = scope.get("route")
     if route is None:
         return "unmatched"
@@ -385,6 +387,13 @@ def _status_of(error: AfieldError) -> tuple[int, str | None, list[Problem]]:
     return (422 if error.user_error else 500), None, []
 
 
+def _refusal(error: AfieldError) -> Response:
+    """The answer to a request that raised ``error``."""
+    status, where, problems = _status_of(error)
+    message = str(error) if status < 500 else f"internal error: {type(error).__name__}"
+    return _answer(status, message, where, problems)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     async def validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)  # noqa: S101  # registered for it
@@ -411,9 +420,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def afield(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AfieldError)  # noqa: S101  # registered for it
-        status, where, problems = _status_of(exc)
-        message = str(exc) if status < 500 else f"internal error: {type(exc).__name__}"
-        return _answer(status, message, where, problems)
+        return _refusal(exc)
 
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http)
@@ -477,6 +484,7 @@ def create_app(settings: FleetSettings | None = None, *, db: Database | None = N
         offline_after=settings.offline_after,
         notifier=devices.notifier,
         doorbell=devices.doorbell,
+        checkins=devices.checkins,
         interval=settings.runner_interval or 2.0,
         repo_dir=settings.repo_dir,
     )
@@ -487,6 +495,7 @@ def create_app(settings: FleetSettings | None = None, *, db: Database | None = N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        devices.checkins.start()
         if settings.runner_interval:
             runner.start()
         if fdo is not None:
@@ -495,6 +504,7 @@ def create_app(settings: FleetSettings | None = None, *, db: Database | None = N
             yield
         finally:
             runner.stop()
+            devices.checkins.stop()
             if fdo is not None:
                 fdo.close()
 
@@ -532,13 +542,15 @@ def create_app(settings: FleetSettings | None = None, *, db: Database | None = N
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
-        devices = _count_devices(database, settings.clock(), settings.offline_after)
-        text = metrics.exposition(devices) + _runtime_metrics(app)
+        devices.checkins.flush()
+        counts = _count_devices(database, settings.clock(), settings.offline_after)
+        text = metrics.exposition(counts) + _runtime_metrics(app)
         return PlainTextResponse(text, media_type=_METRICS_TYPE)
 
     if settings.repo_dir is not None:
         from afield.release.serve import create_repo_app
 
         app.mount("/repo", create_repo_app(settings.repo_dir))
+    app.add_middleware(PollFastPath, service=devices, refuse=_refusal)
     app.add_middleware(_Edge, metrics=metrics, max_body=settings.max_body_bytes)
     return app

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -51,6 +51,7 @@ __all__ = [
     "Base",
     "CertificateAuthority",
     "Device",
+    "DeviceFields",
     "DeviceStatus",
     "EnrollmentToken",
     "Event",
@@ -310,10 +311,26 @@ def _seconds(value: datetime.datetime | None) -> float | None:
     return None if value is None else as_utc(value).timestamp()
 
 
-def device_view(device: Device, *, rollout_id: int, online: bool) -> DeviceView:
+class DeviceFields(Protocol):
+    """The columns :func:`device_view` reads: a :class:`Device`, or a row selecting them."""
+
+    id: str
+    labels: dict[str, Any]
+    last_seen: datetime.datetime | None
+    current_version: str | None
+    rollout_id: int | None
+    phase: str
+    batch: int | None
+    assigned_at: datetime.datetime | None
+    booted_at: datetime.datetime | None
+
+
+def device_view(device: DeviceFields, *, rollout_id: int, online: bool) -> DeviceView:
     """What the engine sees of ``device`` in rollout ``rollout_id`` (times as epoch seconds).
 
-    A device whose phase belongs to another rollout (or none) is idle in this one.
+    ``device`` may be a plain row of those columns (the runner reads thousands: no ORM object
+    is built for them). A device whose phase belongs to another rollout (or none) is idle in
+    this one.
     """
     mine = device.rollout_id == rollout_id
     return DeviceView(

@@ -42,8 +42,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from afield._sql import as_utc
 from afield.errors import AfieldError
 from afield.fleet.api.deps import record
+from afield.fleet.checkins import CheckIns
 from afield.fleet.db import Database
 from afield.fleet.models import (
     Device,
@@ -99,6 +101,7 @@ class RolloutRunner:
         offline_after: float,
         notifier: Notifier | None = None,
         doorbell: Doorbell | None = None,
+        checkins: CheckIns | None = None,
         interval: float = 2.0,
         repo_dir: Path | None = None,
     ) -> None:
@@ -107,6 +110,7 @@ class RolloutRunner:
         self.offline_after = offline_after
         self.notifier = notifier or Notifier()
         self.doorbell = doorbell or Doorbell()
+        self.checkins = checkins
         self.interval = interval
         self.repo_dir = repo_dir
         self._targets_mtime: float | None = None
@@ -178,6 +182,8 @@ class RolloutRunner:
 
     def step_rollout(self, rollout_id: int) -> StepOutcome | None:
         """One engine step of one rollout (see the module docstring); None if it is gone."""
+        if self.checkins is not None:
+            self.checkins.flush()  # the devices' last check-ins decide who is online
         now = self.clock()
         with self.db.sessions() as session:
             rollout = session.get(Rollout, rollout_id)
@@ -191,9 +197,8 @@ class RolloutRunner:
         seen_before = now - datetime.timedelta(seconds=self.offline_after)
         views, phases = [], {}
         for row in rows:
-            device = Device(**row._mapping)
-            online = row.last_seen is not None and _aware(row.last_seen) >= seen_before
-            views.append(device_view(device, rollout_id=rollout_id, online=online))
+            online = row.last_seen is not None and as_utc(row.last_seen) >= seen_before
+            views.append(device_view(row, rollout_id=rollout_id, online=online))
             phases[row.id] = row.phase if row.rollout_id == rollout_id else Phase.IDLE.value
         result = step(policy, selector, release.version, views, before, now.timestamp())
         after = result.state
@@ -227,10 +232,6 @@ class RolloutRunner:
             result.succeeded,
             written=True,
         )
-
-
-def _aware(value: datetime.datetime) -> datetime.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
 
 
 def _chunks(ids: Iterable[str]) -> Iterable[list[str]]:

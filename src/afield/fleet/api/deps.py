@@ -112,7 +112,13 @@ def _offline_after(request: Request) -> float:
     return seconds
 
 
+def _checkins_written(request: Request) -> None:
+    request.app.state.devices.checkins.flush()
+
+
 SessionDep = Annotated[Session, Depends(_session)]
+# On a route that reads ``last_seen``: the polls noted so far are written first.
+CHECKINS_WRITTEN = Depends(_checkins_written)
 NowDep = Annotated[datetime.datetime, Depends(_now)]
 OfflineAfterDep = Annotated[float, Depends(_offline_after)]
 LimitQuery = Annotated[

@@ -10,8 +10,8 @@ the server side:
   else a new random one.
 * ``GET /api/v1/device/desired?wait=S``: the desired state with an ``ETag``. With a matching
   ``If-None-Match`` the request waits up to ``S`` seconds for the rollout runner to change it
-  (:class:`~afield.fleet.notify.Notifier`), then answers ``304``. A poll is a check-in:
-  ``last_seen`` is written when it is more than :data:`SEEN_EVERY` old.
+  (:class:`~afield.fleet.notify.Notifier`), then answers ``304``. A poll is a check-in,
+  written behind with the others of the same second (:mod:`afield.fleet.checkins`).
 * ``POST /api/v1/device/status``: the report updates the device's record and rollout phase
   (:func:`afield.fleet.reports.apply_report`) and rings the runner's doorbell.
 * ``POST /api/v1/enrollment-tokens`` (admin): ``count`` tokens for devices that did not
@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
+import re
 import threading
 import uuid
 from collections import OrderedDict
@@ -47,12 +48,15 @@ from fastapi import APIRouter, Body, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from afield.errors import AfieldError
 from afield.fleet.api.deps import ApiError, NowDep, SessionDep, record
 from afield.fleet.auth import AccessError, AdminDep
 from afield.fleet.ca import CsrError, DeviceCA
+from afield.fleet.checkins import CheckIns
 from afield.fleet.db import Database
 from afield.fleet.enrollment import EnrollmentError, find_token, new_tokens, spend_token
 from afield.fleet.models import Device, Release, Rollout
@@ -76,10 +80,12 @@ from afield.fleet.protocol import (
 from afield.fleet.reports import apply_report
 
 __all__ = [
-    "SEEN_EVERY",
+    "FAST_ROUTE",
     "DeviceService",
     "EnrollmentTokens",
     "EnrollmentTokensCreate",
+    "PollAnswer",
+    "PollFastPath",
     "StatusAccepted",
     "router",
     "tokens_router",
@@ -88,7 +94,6 @@ __all__ = [
 router = APIRouter(tags=["device"])
 tokens_router = APIRouter(prefix="/enrollment-tokens", tags=["enrollment"])
 _API = "/api/v1"
-SEEN_EVERY = datetime.timedelta(seconds=1)
 _KEYS_CACHED = 100_000
 _NONCES_KEPT = 1_000_000
 _LABEL = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$"
@@ -123,6 +128,15 @@ class _Signer:
     desired: DesiredRelease | None
 
 
+@dataclass(frozen=True)
+class PollAnswer:
+    """What a poll answers: 200 with the desired state's JSON, or 304; both with the ETag."""
+
+    status: int
+    etag: str
+    body: bytes
+
+
 class DeviceService:
     """What the device routes share: the database, the CA, wake-ups and caches."""
 
@@ -141,6 +155,7 @@ class DeviceService:
         self.repo_url = repo_url
         self.poll_seconds = poll_seconds
         self.notifier = Notifier()
+        self.checkins = CheckIns(db)
         self.doorbell = Doorbell()
         self._nonces = _Nonces()
         self._keys: OrderedDict[str, ec.EllipticCurvePublicKey] = OrderedDict()
@@ -180,26 +195,13 @@ class DeviceService:
 
     def authenticate_poll(self, auth: DeviceAuth, request: _Request) -> _Signer:
         """Check a signed poll; record the check-in. Raises AccessError (401)."""
-        now = self.clock()
-        with self.db.sessions() as session:
-            row = session.execute(
-                select(
-                    Device.public_key,
-                    Device.last_seen,
-                    Device.rollout_id,
-                    Device.desired_release_id,
-                ).where(Device.id == auth.device_id)
-            ).first()
-            if row is None:
-                raise AccessError(f"no device {auth.device_id!r}; enroll first", status=401)
-            self._verify(auth, row.public_key, request)
-            if row.last_seen is None or now - _aware(row.last_seen) >= SEEN_EVERY:
-                session.execute(
-                    update(Device).where(Device.id == auth.device_id).values(last_seen=now)
-                )
-                session.commit()
-            desired = _release(session, row.desired_release_id)
-        return _Signer(auth.device_id, row.rollout_id, desired)
+        with self.db.engine.connect() as connection:
+            row = connection.execute(_POLL, {"device": auth.device_id}).first()
+        if row is None:
+            raise AccessError(f"no device {auth.device_id!r}; enroll first", status=401)
+        self._verify(auth, row.public_key, request)
+        self.checkins.seen(auth.device_id, self.clock())
+        return _signer(auth.device_id, row)
 
     # -- desired state -------------------------------------------------------------------------
 
@@ -217,13 +219,33 @@ class DeviceService:
 
     def reread(self, device_id: str) -> _Signer:
         """The device's desired release now (after a wake-up; no new check-in)."""
-        with self.db.sessions() as session:
-            row = session.execute(
-                select(Device.rollout_id, Device.desired_release_id).where(Device.id == device_id)
-            ).first()
-            if row is None:
-                raise AccessError(f"no device {device_id!r}", status=401)
-            return _Signer(device_id, row.rollout_id, _release(session, row.desired_release_id))
+        with self.db.engine.connect() as connection:
+            row = connection.execute(_REREAD, {"device": device_id}).first()
+        if row is None:
+            raise AccessError(f"no device {device_id!r}", status=401)
+        return _signer(device_id, row)
+
+    async def poll(
+        self, auth: DeviceAuth, target: str, wait: int, if_none_match: str | None
+    ) -> PollAnswer:
+        """A signed poll of ``target``: the desired state, or 304 once ``if_none_match`` still
+        matches after waiting up to ``wait`` s for a change. Raises AccessError (401)."""
+        future = self.notifier.watch(auth.device_id) if wait else None
+        try:
+            signed = _Request("GET", target, b"")
+            signer = await run_in_threadpool(self.authenticate_poll, auth, signed)
+            state, etag = self.desired_state(signer)
+            if future is not None and _matches(etag, if_none_match):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(future), timeout=wait)
+                signer = await run_in_threadpool(self.reread, auth.device_id)
+                state, etag = self.desired_state(signer)
+        finally:
+            if future is not None:
+                self.notifier.forget(auth.device_id, future)
+        if _matches(etag, if_none_match):
+            return PollAnswer(304, etag, b"")
+        return PollAnswer(200, etag, state.model_dump_json().encode())
 
     # -- reports -------------------------------------------------------------------------------
 
@@ -243,7 +265,7 @@ class DeviceService:
             if device.rollout_id is not None:
                 rollout = session.get(Rollout, device.rollout_id)
                 rollout_commit = None if rollout is None else rollout.release.commit
-            desired = _release(session, device.desired_release_id)
+            desired = _desired(device.desired_release)
             events = apply_report(
                 device,
                 report,
@@ -329,19 +351,34 @@ def _target(request: Request) -> str:
     return request.url.path + (f"?{query}" if query else "")
 
 
-def _aware(value: datetime.datetime) -> datetime.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
-
-
-def _release(session: Session, release_id: int | None) -> DesiredRelease | None:
-    if release_id is None:
-        return None
-    release = session.get(Release, release_id)
+def _desired(release: Release | None) -> DesiredRelease | None:
     if release is None:
         return None
     return DesiredRelease(
         image=release.image, arch=release.arch, version=release.version, commit=release.commit
     )
+
+
+def _with_desired(*columns: Any) -> Select[Any]:
+    """``columns`` of a device with its rollout and desired release, in one query."""
+    return select(
+        *columns, Device.rollout_id, Release.image, Release.arch, Release.version, Release.commit
+    ).outerjoin(Release, Release.id == Device.desired_release_id)
+
+
+# Built once: a poll is the hottest path of the server.
+_POLL = _with_desired(Device.public_key).where(Device.id == bindparam("device"))
+_REREAD = _with_desired().where(Device.id == bindparam("device"))
+
+
+def _signer(device_id: str, row: Any) -> _Signer:
+    """The device of a :func:`_with_desired` row."""
+    desired = None
+    if row.commit is not None:
+        desired = DesiredRelease(
+            image=row.image, arch=row.arch, version=row.version, commit=row.commit
+        )
+    return _Signer(device_id, row.rollout_id, desired)
 
 
 def _in_body(errors: list[Any]) -> list[Any]:
@@ -368,6 +405,85 @@ def _matches(etag: str, if_none_match: str | None) -> bool:
     return etag in (tag.strip().removeprefix("W/") for tag in if_none_match.split(","))
 
 
+# --- the poll's fast path ---------------------------------------------------------------------
+
+FAST_ROUTE = "afield.route"  # the scope key naming the route a fast path answered
+_WAIT = re.compile(rb"wait=([0-9]{1,4})")
+_MAX_IF_NONE_MATCH = 200
+
+
+class PollFastPath:
+    """ASGI middleware: a well-formed device poll, answered without FastAPI's routing.
+
+    Polls are most of what the server answers (every device, every poll interval), and
+    FastAPI's routing, dependency resolution and response classes cost more server CPU than the
+    poll itself (see ``benchmarks/fleet_scale.py``). This answers a ``GET`` of exactly
+    :data:`DESIRED_PATH` whose query is empty or ``wait=N`` (N up to :data:`MAX_WAIT`), whose
+    ``If-None-Match`` is at most 200 characters and whose ``Authorization`` parses, with the
+    same :meth:`DeviceService.poll` the route calls. Everything else, including every malformed
+    poll, goes on to the app, whose route checks and refuses it as ``/docs`` describes; nothing
+    is spent before that choice (the nonce is checked by ``poll``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        service: DeviceService,
+        refuse: Callable[[AfieldError], ASGIApp],
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.refuse = refuse
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        poll = _plain_poll(scope)
+        if poll is None:
+            await self.app(scope, receive, send)
+            return
+        auth, wait, if_none_match = poll
+        scope[FAST_ROUTE] = DESIRED_PATH
+        scope.setdefault("state", {})["actor"] = f"device:{auth.device_id}"
+        query = scope["query_string"].decode("ascii")
+        target = DESIRED_PATH + (f"?{query}" if query else "")
+        try:
+            answer = await self.service.poll(auth, target, wait, if_none_match)
+        except AfieldError as e:
+            await self.refuse(e)(scope, receive, send)
+            return
+        headers = [(b"etag", answer.etag.encode())]
+        if answer.status != 304:
+            headers.append((b"content-type", b"application/json"))
+            headers.append((b"content-length", str(len(answer.body)).encode()))
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
+
+
+def _plain_poll(scope: Scope) -> tuple[DeviceAuth, int, str | None] | None:
+    """(signer, wait, If-None-Match) of a well-formed poll; None for anything else."""
+    if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] != DESIRED_PATH:
+        return None
+    if scope.get("root_path"):
+        return None
+    wait = 0
+    if query := scope["query_string"]:
+        match = _WAIT.fullmatch(query)
+        if match is None or (wait := int(match.group(1))) > MAX_WAIT:
+            return None
+    authorization = if_none_match = None
+    for name, value in scope["headers"]:
+        if name == b"authorization" and authorization is None:
+            authorization = value.decode("latin-1")
+        elif name == b"if-none-match" and if_none_match is None:
+            if_none_match = value.decode("latin-1")
+    if if_none_match is not None and len(if_none_match) > _MAX_IF_NONE_MATCH:
+        return None
+    try:
+        auth = parse_authorization(authorization)
+    except DeviceAuthError:
+        return None
+    return auth, wait, if_none_match
+
+
 # --- routes ----------------------------------------------------------------------------------
 
 
@@ -389,26 +505,13 @@ async def desired(
     wait: Annotated[
         int, Query(ge=0, le=MAX_WAIT, description="Seconds to wait for a change (long-poll).")
     ] = 0,
-    if_none_match: Annotated[str | None, Header(max_length=200)] = None,
+    if_none_match: Annotated[str | None, Header(max_length=_MAX_IF_NONE_MATCH)] = None,
 ) -> Response:
     """The release this device should run; waits up to ``wait`` s while it matches the ETag."""
-    service, auth = _service(request), _auth(request)
-    signed = _Request(request.method, _target(request), b"")
-    future = service.notifier.watch(auth.device_id) if wait else None
-    try:
-        signer = await run_in_threadpool(service.authenticate_poll, auth, signed)
-        state, etag = service.desired_state(signer)
-        if future is not None and _matches(etag, if_none_match):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(future), timeout=wait)
-            signer = await run_in_threadpool(service.reread, auth.device_id)
-            state, etag = service.desired_state(signer)
-    finally:
-        if future is not None:
-            service.notifier.forget(auth.device_id, future)
-    if _matches(etag, if_none_match):
-        return Response(status_code=304, headers={"ETag": etag})
-    return Response(state.model_dump_json(), media_type="application/json", headers={"ETag": etag})
+    answer = await _service(request).poll(_auth(request), _target(request), wait, if_none_match)
+    if answer.status == 304:
+        return Response(status_code=304, headers={"ETag": answer.etag})
+    return Response(answer.body, media_type="application/json", headers={"ETag": answer.etag})
 
 
 class StatusAccepted(BaseModel):

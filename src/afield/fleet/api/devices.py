@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from afield.fleet.api.deps import (
+    CHECKINS_WRITTEN,
     TEXT,
     ApiError,
     CursorQuery,
@@ -191,7 +192,7 @@ def _page(
         after = chunk[-1].id
 
 
-@router.get("", operation_id="devices-list")
+@router.get("", operation_id="devices-list", dependencies=[CHECKINS_WRITTEN])
 def list_devices(
     session: SessionDep,
     caller: ViewerDep,
@@ -222,7 +223,7 @@ def list_devices(
     return DevicesPublic(data=data, count=len(data), next_cursor=next_cursor)
 
 
-@router.get("/{device_id}", operation_id="devices-show")
+@router.get("/{device_id}", operation_id="devices-show", dependencies=[CHECKINS_WRITTEN])
 def show_device(
     session: SessionDep,
     caller: ViewerDep,
