@@ -29,6 +29,7 @@ bench: bootstrap
 	$(PY) benchmarks/wire.py
 	$(PY) benchmarks/fdo.py
 	$(PY) benchmarks/fleet.py
+	$(PY) benchmarks/fleet_scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache _demo

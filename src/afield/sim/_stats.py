@@ -22,9 +22,10 @@ _SAMPLES = 20  # error messages kept
 class SimStats:
     """What the fleet's requests did since the last :meth:`SimFleet.take_stats` (picklable).
 
-    ``latencies`` are seconds by request kind (:data:`KINDS`); ``errors`` counts
-    ``"<kind>: <what>"``; ``events`` counts what devices did (``updated``, ``rolled_back``,
-    ``health_failed``, ``refused``).
+    ``latencies`` are seconds by request kind (:data:`KINDS`), from the moment the request has
+    a connection (a device never waits for one; the simulator's shared pools may) to its
+    answer; ``errors`` counts ``"<kind>: <what>"``; ``events`` counts what devices did
+    (``updated``, ``rolled_back``, ``health_failed``, ``refused``).
     """
 
     seconds: float = 0.0

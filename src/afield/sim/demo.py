@@ -34,6 +34,7 @@ from afield._serving import running
 from afield.device.bootseq import boot_once
 from afield.device.lifecycle import Device
 from afield.device.onboard import OnboardOptions, OnboardResult, manufacture, onboard
+from afield.device.update import device_arch
 from afield.errors import AfieldError
 from afield.fdo.pki import Pki, init_pki, load_pki
 from afield.fdo.rendezvous import RendezvousDirective, RendezvousInfo, RvProtocol
@@ -164,7 +165,7 @@ class DemoSite:
         Raises:
             AfieldError: it did neither within ``timeout`` seconds.
         """
-        release = {"image": "gateway", "arch": _arch(), "version": version}
+        release = {"image": "gateway", "arch": device_arch(), "version": version}
         started = self.api("POST", "/api/v1/fleets/gateways/rollouts", json={"release": release})
         rollout_id, begun = started["id"], time.monotonic()
         watch = RolloutWatch(started, 0.0)
@@ -184,12 +185,6 @@ class DemoSite:
             f"rollout {rollout_id} of {version} neither completed nor paused in {timeout:.0f} s; "
             f"see the agents' logs in {self.workdir / 'logs'}"
         )
-
-
-def _arch() -> str:
-    from afield.device.update import device_arch
-
-    return device_arch()
 
 
 def _progress_line(rollout: dict[str, Any]) -> str:

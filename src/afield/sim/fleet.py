@@ -160,13 +160,16 @@ class SimFleet:
         self._taken = time.monotonic()
         self._started = self._taken
         self._clients: list[httpx.AsyncClient] = []
+        self._gates: list[asyncio.Semaphore] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
 
     async def __aenter__(self) -> SimFleet:
         config = self.config
-        # httpcore scans every connection of a pool for each request it places, so the fleet
-        # spreads its connections over pools of at most _POOL (device i uses pool i % n).
+        # httpcore scans every connection and every queued request of a pool whenever it
+        # places one, so the fleet spreads its connections over pools of at most _POOL (device
+        # i uses pool i % n), and a semaphore per pool keeps requests waiting for a connection
+        # out of httpcore's queue: a backlog then costs the simulator nothing per request.
         pools = -(-config.max_connections // _POOL)
         size = -(-config.max_connections // pools)
         limits = httpx.Limits(
@@ -181,6 +184,7 @@ class SimFleet:
             )
             for _ in range(pools)
         ]
+        self._gates = [asyncio.Semaphore(size) for _ in range(pools)]
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         return self
@@ -268,11 +272,11 @@ class SimFleet:
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    def _client(self, device: _Device | None) -> httpx.AsyncClient:
+    def _client(self, device: _Device | None) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
         if not self._clients:
             raise SimError("SimFleet: use the fleet as `async with SimFleet(config)`")
-        index = 0 if device is None else device.index
-        return self._clients[index % len(self._clients)]
+        index = (0 if device is None else device.index) % len(self._clients)
+        return self._clients[index], self._gates[index]
 
     async def _request(
         self,
@@ -287,24 +291,25 @@ class SimFleet:
     ) -> httpx.Response:
         """One request of ``device``, signed once it is enrolled, timed and counted; raises
         :class:`_Failed` on an error."""
-        client = self._client(device)
+        client, gate = self._client(device)
         sent = dict(headers or {})
-        if device.device_id and device.key is not None:
-            sent["Authorization"] = authorization(
-                device.key, device.device_id, method, target, body, time.time()
-            )
         if body:
             sent["Content-Type"] = "application/json"
-        started = time.perf_counter()
-        try:
-            response = await client.request(method, target, content=body, headers=sent)
-        except httpx.TimeoutException as e:
-            self._stats.failed(kind, "timeout", f"{type(e).__name__}: {e}")
-            raise _Failed from None
-        except httpx.TransportError as e:
-            self._stats.failed(kind, "connection", f"{type(e).__name__}: {e}")
-            raise _Failed from None
-        self._stats.timed(kind, time.perf_counter() - started)
+        async with gate:  # a connection is free: the time from here is the request's
+            if device.device_id and device.key is not None:
+                sent["Authorization"] = authorization(
+                    device.key, device.device_id, method, target, body, time.time()
+                )
+            started = time.perf_counter()
+            try:
+                response = await client.request(method, target, content=body, headers=sent)
+            except httpx.TimeoutException as e:
+                self._stats.failed(kind, "timeout", f"{type(e).__name__}: {e}")
+                raise _Failed from None
+            except httpx.TransportError as e:
+                self._stats.failed(kind, "connection", f"{type(e).__name__}: {e}")
+                raise _Failed from None
+            self._stats.timed(kind, time.perf_counter() - started)
         if response.status_code not in expected:
             detail = response.text[:200]
             self._stats.failed(kind, f"HTTP {response.status_code}", detail)
@@ -332,7 +337,7 @@ class SimFleet:
                 "labels": dict(self.config.labels),
             }
             try:
-                response = await self._client(None).post(TOKENS_PATH, json=body, headers=headers)
+                response = await self._client(None)[0].post(TOKENS_PATH, json=body, headers=headers)
             except httpx.HTTPError as e:
                 raise SimError(
                     f"cannot reach the fleet manager at {self.config.server}: {e}"
