@@ -273,12 +273,16 @@ class LoadGenerators:
 
     def stats(self) -> tuple[SimStats, Counter[str]]:
         """Every process's figures since the last call, and the versions its devices run."""
+        return self._ask("stats", "stats")
+
+    def _ask(self, command: str, answer: str) -> tuple[SimStats, Counter[str]]:
+        """Send ``command`` to every process; their ``answer`` figures, merged."""
         for conn in self.conns:
-            conn.send("stats")
+            conn.send(command)
         stats, versions = SimStats(), Counter[str]()
         for conn in self.conns:
             kind, part, counted = conn.recv()
-            assert kind == "stats", kind
+            assert kind == answer, kind
             stats.merge(part)
             versions.update(counted)
         return stats, versions
@@ -295,14 +299,7 @@ class LoadGenerators:
 
     def stop(self) -> tuple[SimStats, Counter[str]]:
         """Stop the devices; the figures since the last :meth:`stats`."""
-        for conn in self.conns:
-            conn.send("stop")
-        stats, versions = SimStats(), Counter[str]()
-        for conn in self.conns:
-            kind, part, counted = conn.recv()
-            assert kind == "done", kind
-            stats.merge(part)
-            versions.update(counted)
+        stats, versions = self._ask("stop", "done")
         for process in self.processes:
             process.join(30)
         return stats, versions
