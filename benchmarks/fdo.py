@@ -170,6 +170,8 @@ def run(count: int, sequential: int) -> dict[str, Any]:
         urls, go, done = context.Queue(), context.Event(), context.Event()
         server = context.Process(target=_servers, args=(work, urls, go, done), daemon=True)
         server.start()
+        pid = server.pid
+        assert pid is not None  # set by start()
         stack.callback(server.join, 10)
         stack.callback(done.set)
         mfg_url, rv_url, owner_url = urls.get(timeout=60)
@@ -180,9 +182,9 @@ def run(count: int, sequential: int) -> dict[str, Any]:
             raise RuntimeError(f"only {registered} of {count} vouchers registered (TO0)")
 
         http = urllib3.PoolManager()
-        before, cpu_before = _counts(http, (rv_url, owner_url)), _cpu_seconds(server.pid)
+        before, cpu_before = _counts(http, (rv_url, owner_url)), _cpu_seconds(pid)
         latencies = _onboard_all(devices[:sequential])
-        server_cpu = (_cpu_seconds(server.pid) - cpu_before) / sequential
+        server_cpu = (_cpu_seconds(pid) - cpu_before) / sequential
         messages = (_counts(http, (rv_url, owner_url)) - before) / sequential
         floor_seconds = _floor(http, owner_url, int(messages * sequential)) / sequential
 
