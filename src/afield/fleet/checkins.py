@@ -45,7 +45,7 @@ class CheckIns:
     def __init__(self, db: Database, *, every: float = FLUSH_EVERY) -> None:
         self.db = db
         self.every = every
-        self.written = 0  # check-ins written so far (for /metrics)
+        self.written = 0  # check-ins written so far
         self._pending: dict[str, datetime.datetime] = {}
         self._lock = threading.Lock()  # guards _pending
         self._writing = threading.Lock()  # one flush at a time, so writes land in order
@@ -55,9 +55,13 @@ class CheckIns:
     def seen(self, device_id: str, at: datetime.datetime) -> None:
         """Note that ``device_id`` checked in at ``at`` (written at the next flush)."""
         with self._lock:
-            earlier = self._pending.get(device_id)
-            if earlier is None or at > earlier:
-                self._pending[device_id] = at
+            self._keep_later(device_id, at)
+
+    def _keep_later(self, device_id: str, at: datetime.datetime) -> None:
+        """Note ``at`` unless a later time is noted already (``_lock`` held)."""
+        noted = self._pending.get(device_id)
+        if noted is None or at > noted:
+            self._pending[device_id] = at
 
     def flush(self) -> int:
         """Write every noted check-in now; the number written. A failed write is kept for
@@ -78,9 +82,7 @@ class CheckIns:
                 )
                 with self._lock:
                     for device, at in batch.items():
-                        later = self._pending.get(device)
-                        if later is None or at > later:
-                            self._pending[device] = at
+                        self._keep_later(device, at)
                 return 0
             self.written += len(batch)
             return len(batch)

@@ -354,8 +354,9 @@ def _target(request: Request) -> str:
     return request.url.path + (f"?{query}" if query else "")
 
 
-def _desired(release: Release | None) -> DesiredRelease | None:
-    if release is None:
+def _desired(release: Release | Any | None) -> DesiredRelease | None:
+    """The wire form of a release: a :class:`Release` or a :func:`_with_desired` row."""
+    if release is None or release.commit is None:
         return None
     return DesiredRelease(
         image=release.image, arch=release.arch, version=release.version, commit=release.commit
@@ -376,12 +377,7 @@ _REREAD = _with_desired().where(Device.id == bindparam("device"))
 
 def _signer(device_id: str, row: Any) -> _Signer:
     """The device of a :func:`_with_desired` row."""
-    desired = None
-    if row.commit is not None:
-        desired = DesiredRelease(
-            image=row.image, arch=row.arch, version=row.version, commit=row.commit
-        )
-    return _Signer(device_id, row.rollout_id, desired)
+    return _Signer(device_id, row.rollout_id, _desired(row))
 
 
 def _in_body(errors: list[Any]) -> list[Any]:
