@@ -25,6 +25,13 @@ ca-certificates
 xdelta3
 zstd
 postgresql
+podman
+skopeo
+buildah
+docker-registry
+catatonit
+containernetworking-plugins
+runc
 "
 
 missing=""
@@ -42,6 +49,28 @@ if [ -n "$missing" ]; then
     # A third-party source that cannot be reached must not stop the Debian ones from updating.
     apt-get update -q || echo "bootstrap: apt-get update reported errors; continuing" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing
+fi
+
+# Podman on this kind of host: crun fails on its cgroups, and runc cannot raise RLIMIT_NPROC,
+# so containers get runc, cgroupfs and fixed ulimits. An existing file is never overwritten.
+CONTAINERS_CONF=/etc/containers/containers.conf
+if [ ! -e "$CONTAINERS_CONF" ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "bootstrap: writing $CONTAINERS_CONF"
+        mkdir -p "$(dirname "$CONTAINERS_CONF")"
+        cat >"$CONTAINERS_CONF" <<'EOF'
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+[engine]
+cgroup_manager = "cgroupfs"
+runtime = "runc"
+EOF
+    else
+        echo "bootstrap: $CONTAINERS_CONF is missing; run as root to write it" >&2
+    fi
+elif ! grep -q '^[[:space:]]*runtime[[:space:]]*=[[:space:]]*"runc"' "$CONTAINERS_CONF"; then
+    echo "bootstrap: warning: $CONTAINERS_CONF does not set runtime = \"runc\" in [engine];" \
+        "podman may fail (crun does not work with this host's cgroups)" >&2
 fi
 
 PYTHON=${PYTHON:-python3}

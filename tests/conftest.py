@@ -133,3 +133,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("afield reports")
         for line in REPORTS:
             terminalreporter.write_line(line)
+
+
+# --- container images and a registry (tests/containers.py), shared by compose and workloads ---
+
+
+@pytest.fixture(scope="session")
+def busybox_image() -> Iterator[str]:
+    """A one-layer busybox image in the default podman storage, built once per session."""
+    from tests.containers import build_busybox_image, remove_image
+
+    tag = build_busybox_image(f"localhost/afield-test/busybox:{os.getpid()}")
+    yield tag
+    remove_image(tag)
+
+
+@pytest.fixture(scope="session")
+def local_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A registry on 127.0.0.1 (``127.0.0.1:PORT``, plain HTTP) for the whole session."""
+    from tests.containers import local_registry
+
+    with local_registry(tmp_path_factory.mktemp("registry")) as address:
+        yield address
