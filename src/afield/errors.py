@@ -35,6 +35,7 @@ __all__ = [
     "DeviceError",
     "FdoError",
     "FleetError",
+    "ManifestError",
     "MessageError",
     "Problem",
     "ProtocolError",
@@ -42,6 +43,7 @@ __all__ = [
     "StageError",
     "TransportError",
     "TrustError",
+    "WorkloadError",
 ]
 
 
@@ -149,3 +151,15 @@ class FleetError(AfieldError):
 
 class TransportError(AfieldError):
     """A network transfer failed."""
+
+
+class ManifestError(AfieldError):
+    """Kubernetes manifests do not parse, break a limit, or use what podman cannot play; the
+    message names the file (or origin), the document and the field."""
+
+    user_error = True
+
+
+class WorkloadError(AfieldError):
+    """A workload (container, pod, application) could not be pulled, played, removed or made
+    ready; the message names it and says why."""

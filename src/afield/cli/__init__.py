@@ -27,6 +27,7 @@ from afield.cli import (
     repo,
     serve,
     sim,
+    workloads,
 )
 from afield.cli._output import err_console
 from afield.errors import AfieldError
@@ -50,6 +51,7 @@ app.add_typer(fdo.app, name="fdo")
 app.add_typer(admin.app, name="admin")
 app.add_typer(operator.fleet_app, name="fleet")
 app.add_typer(operator.rollout_app, name="rollout")
+app.add_typer(workloads.app, name="workloads")
 # The fleet manager's view of devices, beside the device-side commands of afield.cli.device.
 device.app.command("ls")(operator.device_ls)
 device.app.command("show")(operator.device_show)
