@@ -254,7 +254,8 @@ def test_unknown_top_level_key_lists_accepted_keys() -> None:
     problem = only(HEAD + 'descripton = "x"\n')
     assert problem.location == "descripton"
     assert problem.message == (
-        "unknown key; accepted keys: customizations, description, distro, name, packages, version"
+        "unknown key; accepted keys: containers, customizations, description, distro, name, "
+        "packages, version"
     )
 
 
@@ -270,7 +271,7 @@ def test_unknown_key_with_odd_characters_is_quoted() -> None:
     assert only(HEAD + '"a.b" = 1\n').location == '"a.b"'
 
 
-@pytest.mark.parametrize("key", ["modules", "groups", "containers", "enabled_modules"])
+@pytest.mark.parametrize("key", ["modules", "groups", "enabled_modules"])
 def test_osbuild_top_level_key_is_rejected_as_unsupported(key: str) -> None:
     # An osbuild blueprint relying on these must fail loudly, not compose without them.
     problem = only(HEAD + f"{key} = []\n")
@@ -790,7 +791,7 @@ def test_unknown_afield_key_lists_accepted_keys() -> None:
     # A misspelt afield key must not be ignored.
     problem = only(custom("[customizations.afield]\nsource_date = 1\n"))
     assert problem.location == "customizations.afield.source_date"
-    assert problem.message == "unknown key; accepted keys: source_date_epoch, stream"
+    assert problem.message == "unknown key; accepted keys: manifests, source_date_epoch, stream"
 
 
 def test_error_names_the_source_file(tmp_path: Path) -> None:

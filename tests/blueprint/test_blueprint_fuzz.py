@@ -23,7 +23,8 @@ KNOWN_KEYS = [
     "hostname", "kernel", "append", "sshkey", "user", "key", "group", "groups", "uid", "gid",
     "password", "home", "shell", "timezone", "ntpservers", "locale", "languages", "keyboard",
     "services", "enabled", "disabled", "masked", "directories", "files", "path", "mode", "data",
-    "ensure_parents", "afield", "source_date_epoch", "stream", "firewall",
+    "ensure_parents", "afield", "source_date_epoch", "stream", "firewall", "containers",
+    "source", "tls-verify", "manifests",
 ]  # fmt: skip
 
 
@@ -79,7 +80,20 @@ scalars = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(),
     st.text(max_size=20),
-    st.sampled_from(["1.0.0", "img", "/etc/a", "0644", "root", "ssh", "debian-12"]),
+    st.sampled_from(
+        [
+            "1.0.0",
+            "img",
+            "/etc/a",
+            "0644",
+            "root",
+            "ssh",
+            "debian-12",
+            "registry.example/ns/app:1",
+            "oci-archive:a.tar",
+            "localhost/app:1",
+        ]
+    ),
 )
 keys = st.one_of(st.sampled_from(KNOWN_KEYS), st.text(max_size=10))
 values = st.recursive(
@@ -228,11 +242,29 @@ def blueprints(draw: st.DrawFn) -> dict[str, Any]:
     ]
     units = draw(st.lists(names, max_size=6, unique=True))
     split = draw(st.integers(0, len(units)))
+    images = [f"{name}x" for name in draw(st.lists(names, max_size=3, unique=True))]
+    containers = [
+        {"source": f"registry.example:5000/ns/{image}:1", "tls-verify": draw(st.booleans())}
+        if draw(st.booleans())
+        else {
+            "source": f"{draw(st.sampled_from(['oci-archive', 'docker-archive']))}:{image}.tar",
+            "name": f"localhost/{image}:1",
+            "tls-verify": True,
+        }
+        for image in images
+    ]
+    workloads = [
+        {"source": f"k8s/{name}x", "name": f"w{i}"}
+        if draw(st.booleans())
+        else {"source": f"k8s/{name}x"}
+        for i, name in enumerate(draw(st.lists(names, max_size=3, unique=True)))
+    ]
     return {
         "name": draw(word(LOWER + DIGITS, LOWER + DIGITS + "._-")),
         "version": ".".join(str(draw(st.integers(0, 99))) for _ in range(3)),
         "description": draw(st.text(max_size=40)),
         "packages": draw(packages),
+        "containers": containers,
         "customizations": {
             "hostname": draw(word(LOWER, LOWER + DIGITS + "-").map(lambda h: h.rstrip("-"))),
             "kernel": {"append": "quiet console=ttyS0,115200"},
@@ -250,6 +282,7 @@ def blueprints(draw: st.DrawFn) -> dict[str, Any]:
             "afield": {
                 "source_date_epoch": draw(st.integers(0, 2**40)),
                 "stream": draw(st.sampled_from(["stable", "beta", "edge-1.x"])),
+                "manifests": workloads,
             },
         },
     }
@@ -270,7 +303,7 @@ def test_valid_blueprint_round_trips(document: dict[str, Any]) -> None:
     # What is written must be what is read: no value is dropped, coerced or reordered.
     text = to_toml(document)
     blueprint = parse(text)
-    dumped = _plain(blueprint.model_dump(exclude_none=True))
+    dumped = _plain(blueprint.model_dump(exclude_none=True, by_alias=True))
     assert blueprint.sha256 == hashlib.sha256(text.encode()).hexdigest()
     for directory in document["customizations"]["directories"]:
         directory.setdefault("ensure_parents", False)

@@ -65,10 +65,25 @@ def test_healthcheck_unit_runs_the_agent_once_before_boot_complete() -> None:
     assert unit["Service"]["RemainAfterExit"] == "yes"
     assert unit["Service"]["ExecStart"] == f"{device_agent.PREFIX}/bin/afield device healthcheck"
     assert unit["Unit"]["Before"].split() == ["boot-complete.target"]
-    assert set(unit["Unit"]["After"].split()) == {"local-fs.target", "network-online.target"}
+    assert set(unit["Unit"]["After"].split()) == {
+        "local-fs.target",
+        "network-online.target",
+        "afield-workloads.service",
+    }
     assert unit["Unit"]["Wants"].split() == ["network-online.target"]
     assert unit["Install"]["RequiredBy"].split() == ["boot-complete.target"]
     assert unit["Install"]["WantedBy"].split() == ["multi-user.target"]
+
+
+def test_workloads_unit_starts_the_manifests_before_the_health_check() -> None:
+    unit = _unit("afield-workloads.service")
+    assert unit["Service"]["Type"] == "oneshot"
+    assert unit["Service"]["ExecStart"] == f"{device_agent.PREFIX}/bin/afield workloads up"
+    assert unit["Unit"]["Before"].split() == ["afield-healthcheck.service"]
+    assert unit["Unit"]["ConditionPathExists"] == "/usr/bin/podman"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    check = device_agent.CHECKS["/usr/lib/greenboot/check/required.d/50-afield-workloads.sh"]
+    assert check.endswith("exec /usr/bin/afield workloads wait\n")
 
 
 def test_every_unit_the_stage_installs_ships_in_the_wheel(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ def test_the_pipeline_stages_are_all_registered() -> None:
             [
                 "afield.debian.bootstrap",
                 "afield.kernel",
+                "afield.containers",
                 "afield.users",
                 "afield.files",
                 "afield.services",
@@ -40,6 +41,7 @@ def test_the_pipeline_stages_are_all_registered() -> None:
                 "afield.timezone",
                 "afield.locale",
                 "afield.device.agent",
+                "afield.manifests",
                 "afield.ostree.prepare",
                 "afield.ostree.commit",
             ]

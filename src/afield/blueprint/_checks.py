@@ -63,6 +63,20 @@ _KEYBOARD = re.compile(r"[A-Za-z0-9_-]+")
 _MODE = re.compile(r"[0-7]{3,4}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+# Container image references, after the grammar of distribution/reference (docker, podman).
+_DOMAIN_PART = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REFERENCE = re.compile(
+    rf"(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_PATH_PART}(?:/{_PATH_PART})*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+)
+#: The longest repository name (domain and path) a registry accepts.
+MAX_REPOSITORY = 255
+#: Transports a ``[[containers]]`` source may name; anything else is a registry reference.
+ARCHIVE_TRANSPORTS = ("oci-archive", "docker-archive")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
 
 class Problems(ValueError):
     """Several problems found by one cross-field check, each at a location relative to the model.
@@ -283,4 +297,93 @@ def epoch(value: int) -> int:
     """A SOURCE_DATE_EPOCH: seconds since 1970, not negative."""
     if not 0 <= value <= MAX_EPOCH:
         raise ValueError(f"expected a number of seconds from 0 to {MAX_EPOCH}")
+    return value
+
+
+def _reference_parts(value: str, also: str = "") -> re.Match[str]:
+    """Split an image reference into domain, path, tag and digest, or raise ValueError."""
+    _no_control(value, "an image reference")
+    match = _REFERENCE.fullmatch(value)
+    if match is None:
+        raise ValueError(
+            "expected an image reference like registry.example/ns/app:1 or "
+            f"registry.example/ns/app@sha256:<64 hex digits>{also}: lowercase path components, "
+            "an optional tag of letters, digits, '_', '.' and '-', an optional sha256 digest"
+        )
+    domain = match["domain"]
+    repository = f"{domain}/{match['path']}" if domain else match["path"]
+    if len(repository) > MAX_REPOSITORY:
+        raise ValueError(f"the repository name is longer than {MAX_REPOSITORY} characters")
+    return match
+
+
+def registry_domain(domain: str | None) -> bool:
+    """Whether the first part of a reference names a registry (docker's rule): it holds a '.' or
+    a ':' or is ``localhost``; otherwise it is the first path component of a short name."""
+    return domain is not None and (
+        "." in domain or ":" in domain or domain == "localhost" or domain.startswith("[")
+    )
+
+
+def container_source(value: str) -> str:
+    """Where a ``[[containers]]`` image comes from: a fully qualified registry reference, or
+    ``oci-archive:PATH`` / ``docker-archive:PATH`` (a file, relative to the blueprint)."""
+    transport, sep, rest = value.partition(":")
+    if sep and transport in ARCHIVE_TRANSPORTS:
+        _no_control(rest, "an archive path")
+        if not rest:
+            raise ValueError(f"expected a file after '{transport}:', e.g. {transport}:app.tar")
+        if ":" in rest:
+            raise ValueError(
+                f"expected {transport}:PATH with no ':' in PATH (choosing an image inside an "
+                "archive is not supported: the archive must hold exactly one image)"
+            )
+        return value
+    if "://" in value or (sep and transport in ("docker", "oci", "dir", "containers-storage")):
+        raise ValueError(
+            f"unsupported transport '{transport}:'; expected a registry reference like "
+            "registry.example/ns/app:1, oci-archive:PATH or docker-archive:PATH"
+        )
+    match = _reference_parts(value, ", oci-archive:PATH or docker-archive:PATH")
+    if not registry_domain(match["domain"]):
+        raise ValueError(
+            "expected a fully qualified reference that names its registry, e.g. "
+            "docker.io/library/alpine:3.19 for alpine:3.19 (short names resolve differently "
+            "on every machine)"
+        )
+    return value
+
+
+def container_name(value: str) -> str:
+    """The local name an image gets in the image's container storage, e.g. ``localhost/app:1``.
+
+    It must name a registry (``localhost`` for local images, as podman names them): a short name
+    would be stored under ``docker.io/library/``, which is not what the manifests say.
+    """
+    if value.partition(":")[0] in (*ARCHIVE_TRANSPORTS, "docker", "oci", "dir"):
+        raise ValueError("expected an image name like localhost/app:1, not a transport")
+    match = _reference_parts(value)
+    if not registry_domain(match["domain"]):
+        raise ValueError(
+            "expected a fully qualified name like localhost/app:1 or registry.example/ns/app:1 "
+            "(podman stores a short name under docker.io/library/)"
+        )
+    return value
+
+
+def builder_path(value: str) -> str:
+    """A file or directory on the builder: absolute, or relative to the blueprint's directory."""
+    _no_control(value, "a path")
+    if not value:
+        raise ValueError("expected a path (relative to the blueprint's directory, or absolute)")
+    return value
+
+
+def dns_label(value: str) -> str:
+    """An RFC 1123 DNS label: lowercase letters, digits and inner '-', at most 63 characters."""
+    if not _DNS_LABEL.fullmatch(value):
+        raise ValueError(
+            "expected a DNS label: 1-63 lowercase letters, digits or '-', starting and ending "
+            "with a letter or digit"
+        )
     return value

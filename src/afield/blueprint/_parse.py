@@ -32,7 +32,7 @@ MAX_BLUEPRINT_BYTES = 1024 * 1024
 
 #: osbuild keys that afield recognizes but does not implement (yet), per table.
 OSBUILD_UNSUPPORTED: dict[type[BaseModel], frozenset[str]] = {
-    Blueprint: frozenset({"modules", "groups", "containers", "enabled_modules"}),
+    Blueprint: frozenset({"modules", "groups", "enabled_modules"}),
     Customizations: frozenset(
         {
             "firewall",
@@ -97,7 +97,8 @@ def parse(
 
     Args:
         data: the TOML document; text is encoded as UTF-8 for the size limit and the sha256.
-        source: the file it came from, named in the error.
+        source: the file it came from, named in the error; relative builder paths in the
+            blueprint are resolved against its directory (else the current directory).
         max_bytes: refuse documents larger than this many bytes.
 
     Returns:
@@ -136,7 +137,9 @@ def validate_dict(
 
     Args:
         document: the TOML document as tomllib returns it.
-        source: the file it came from, named in the error.
+        source: the file it came from, named in the error; relative builder paths in the
+            blueprint (container archives, manifest directories) are resolved against its
+            directory.
         sha256: the hex sha256 of the source bytes, kept on the blueprint.
 
     Returns:
@@ -145,8 +148,11 @@ def validate_dict(
     Raises:
         BlueprintError: listing every problem found.
     """
+    context: dict[str, object] = {"sha256": sha256}
+    if source is not None:
+        context["directory"] = source.absolute().parent
     try:
-        return Blueprint.model_validate(document, context={"sha256": sha256})
+        return Blueprint.model_validate(document, context=context)
     except ValidationError as e:
         raise BlueprintError(source, _problems(e)) from e
 
@@ -201,7 +207,12 @@ def _unknown_key(loc: tuple[str | int, ...]) -> str:
         return "unknown key"
     if loc[-1] in OSBUILD_UNSUPPORTED.get(model, frozenset()):
         return "osbuild key not supported by afield yet"
-    return f"unknown key; accepted keys: {', '.join(sorted(model.model_fields))}"
+    return f"unknown key; accepted keys: {', '.join(sorted(_keys(model)))}"
+
+
+def _keys(model: type[BaseModel]) -> dict[str, str]:
+    """The TOML keys of ``model`` (a field's alias where it has one) and their field names."""
+    return {field.alias or name: name for name, field in model.model_fields.items()}
 
 
 def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
@@ -210,7 +221,7 @@ def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
     for part in loc:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part)
+        field = model.model_fields.get(_keys(model).get(part, ""))
         inner = _inner_model(field.annotation) if field is not None else None
         if inner is None:
             return None

@@ -14,9 +14,11 @@ Reading TOML and turning pydantic's errors into :class:`~afield.errors.Problem` 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import shlex
-from typing import Annotated, Self
+from pathlib import Path
+from typing import Annotated, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -38,12 +40,14 @@ from afield.blueprint import _checks
 __all__ = [
     "AfieldOptions",
     "Blueprint",
+    "Container",
     "Customizations",
     "Directory",
     "File",
     "Group",
     "Kernel",
     "Locale",
+    "ManifestDirectory",
     "Package",
     "Services",
     "SshKey",
@@ -77,6 +81,10 @@ LocaleName = Annotated[StrictStr, AfterValidator(_checks.locale)]
 Keyboard = Annotated[StrictStr, AfterValidator(_checks.keyboard)]
 Stream = Annotated[StrictStr, AfterValidator(_checks.stream)]
 Epoch = Annotated[StrictInt, AfterValidator(_checks.epoch)]
+ContainerSource = Annotated[StrictStr, AfterValidator(_checks.container_source)]
+ContainerName = Annotated[StrictStr, AfterValidator(_checks.container_name)]
+BuilderPath = Annotated[StrictStr, AfterValidator(_checks.builder_path)]
+DnsLabel = Annotated[StrictStr, AfterValidator(_checks.dns_label)]
 
 Loc = tuple[str | int, ...]
 
@@ -257,16 +265,124 @@ class File(_Model):
     ensure_parents: StrictBool = False
 
 
+class Container(_Model):
+    """A container image baked into the image's read-only container storage (``[[containers]]``).
+
+    Attributes:
+        source: a fully qualified registry reference (``registry.example/ns/app:1`` or
+            ``...@sha256:...``), or ``oci-archive:PATH`` / ``docker-archive:PATH`` with ``PATH``
+            relative to the blueprint's directory (see :meth:`Blueprint.resolve_path`).
+        name: the name the image gets in the storage; None means the source's reference, which
+            only registry sources have.
+        tls_verify: verify the registry's TLS certificate (the TOML key is ``tls-verify``).
+    """
+
+    source: ContainerSource
+    name: ContainerName | None = None
+    tls_verify: StrictBool = Field(default=True, alias="tls-verify")
+
+    @model_validator(mode="after")
+    def _archives_are_named(self) -> Self:
+        if self.transport != "docker" and self.name is None:
+            raise _checks.Problems(
+                [
+                    (
+                        ("name",),
+                        f"required for an archive source ({self.transport}:PATH): the image's "
+                        'local name, e.g. name = "localhost/app:1"',
+                    )
+                ]
+            )
+        return self
+
+    @property
+    def transport(self) -> Literal["docker", "oci-archive", "docker-archive"]:
+        """``docker`` for a registry reference, else the archive's transport."""
+        prefix = self.source.partition(":")[0]
+        if prefix == "oci-archive":
+            return "oci-archive"
+        if prefix == "docker-archive":
+            return "docker-archive"
+        return "docker"
+
+    @property
+    def archive(self) -> str | None:
+        """The archive's path as written in the blueprint, or None for a registry source."""
+        return None if self.transport == "docker" else self.source.partition(":")[2]
+
+    @property
+    def local_name(self) -> str:
+        """The name the image gets in the storage: ``name``, else the registry reference."""
+        return self.name if self.name is not None else self.source
+
+
+class ManifestDirectory(_Model):
+    """A directory of Kubernetes manifests baked into the image
+    (``[[customizations.afield.manifests]]``), played by podman on the device.
+
+    Attributes:
+        source: the directory on the builder, relative to the blueprint's directory.
+        name: the directory's name under ``/usr/lib/afield/manifests.d/``; None means the
+            source directory's own name, which must then be a DNS label.
+    """
+
+    source: BuilderPath
+    name: DnsLabel | None = None
+
+    @model_validator(mode="after")
+    def _name_from_source(self) -> Self:
+        if self.name is None:
+            try:
+                _checks.dns_label(self.default_name)
+            except ValueError as e:
+                raise _checks.Problems(
+                    [
+                        (
+                            ("name",),
+                            f"the directory name {self.default_name!r} cannot name the "
+                            f"manifests ({e}); set name",
+                        )
+                    ]
+                ) from None
+        return self
+
+    @property
+    def default_name(self) -> str:
+        """The last component of ``source``."""
+        return posixpath.basename(posixpath.normpath(self.source))
+
+    @property
+    def local_name(self) -> str:
+        """The name under ``/usr/lib/afield/manifests.d/``."""
+        return self.name if self.name is not None else self.default_name
+
+
 class AfieldOptions(_Model):
     """afield's own settings (``[customizations.afield]``); osbuild has no such table.
 
     Attributes:
         source_date_epoch: timestamp for reproducible commits; None defers to the environment.
         stream: the update stream, the last part of the OSTree ref.
+        manifests: directories of Kubernetes manifests to bake into the image; names differ.
     """
 
     source_date_epoch: Epoch | None = None
     stream: Stream = DEFAULT_STREAM
+    manifests: tuple[ManifestDirectory, ...] = ()
+
+    @field_validator("manifests")
+    @classmethod
+    def _each_name_once(
+        cls, manifests: tuple[ManifestDirectory, ...]
+    ) -> tuple[ManifestDirectory, ...]:
+        problems = _duplicates(
+            [((i, "name"), m.local_name) for i, m in enumerate(manifests)],
+            "manifests name",
+            "customizations.afield.manifests",
+        )
+        if problems:
+            raise _checks.Problems(problems)
+        return manifests
 
 
 class Customizations(_Model):
@@ -306,24 +422,26 @@ class Customizations(_Model):
         return self
 
 
-def _duplicates(items: list[tuple[Loc, object]], what: str) -> list[tuple[Loc, str]]:
-    """Report every value already seen at an earlier location."""
+def _duplicates(
+    items: list[tuple[Loc, object]], what: str, within: str = "customizations"
+) -> list[tuple[Loc, str]]:
+    """Report every value already seen at an earlier location (relative to ``within``)."""
     seen: dict[object, Loc] = {}
     problems: list[tuple[Loc, str]] = []
     for loc, value in items:
         if value is None:
             continue
         if value in seen:
-            where = _where(seen[value])
+            where = _where(seen[value], within)
             problems.append((loc, f"duplicate {what} {value!r}; already used by {where}"))
         else:
             seen[value] = loc
     return problems
 
 
-def _where(loc: Loc) -> str:
-    """Render a location relative to ``customizations``."""
-    text = "customizations"
+def _where(loc: Loc, within: str = "customizations") -> str:
+    """Render a location relative to the table ``within``."""
+    text = within
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else f".{part}"
     return text
@@ -401,6 +519,8 @@ class Blueprint(_Model):
         version: ``X.Y.Z``; becomes the OSTree ``version`` metadata.
         distro: always ``debian-12``.
         packages: packages to install besides the base system and the kernel.
+        containers: container images baked into the image (osbuild's ``[[containers]]``); their
+            local names differ.
         customizations: everything under ``[customizations]``.
     """
 
@@ -409,8 +529,10 @@ class Blueprint(_Model):
     version: Version
     distro: Distro = _checks.DISTRO
     packages: tuple[Package, ...] = ()
+    containers: tuple[Container, ...] = ()
     customizations: Customizations = Field(default_factory=Customizations)
     _sha256: str = PrivateAttr(default="")
+    _directory: Path | None = PrivateAttr(default=None)
 
     @field_validator("packages")
     @classmethod
@@ -427,12 +549,40 @@ class Blueprint(_Model):
             raise _checks.Problems(problems)
         return packages
 
+    @field_validator("containers")
+    @classmethod
+    def _each_container_name_once(cls, containers: tuple[Container, ...]) -> tuple[Container, ...]:
+        problems = _duplicates(
+            [((i, "name" if c.name else "source"), c.local_name) for i, c in enumerate(containers)],
+            "container name",
+            "containers",
+        )
+        if problems:
+            raise _checks.Problems(problems)
+        return containers
+
     @model_validator(mode="after")
     def _remember_source(self, info: ValidationInfo) -> Self:
         context = info.context
         if isinstance(context, dict) and isinstance(context.get("sha256"), str):
             self._sha256 = context["sha256"]
+        if isinstance(context, dict) and isinstance(context.get("directory"), Path):
+            self._directory = context["directory"]
         return self
+
+    @property
+    def directory(self) -> Path | None:
+        """The directory of the blueprint file; None if it was not read from a file."""
+        return self._directory
+
+    def resolve_path(self, path: str) -> Path:
+        """Where a builder path from the blueprint (a ``[[containers]]`` archive, a manifests
+        directory) is: absolute paths as they are, relative ones against :attr:`directory`
+        (the current directory for a blueprint not read from a file)."""
+        given = Path(path)
+        if given.is_absolute():
+            return given
+        return (self._directory or Path.cwd()) / given
 
     @property
     def sha256(self) -> str:

@@ -1,8 +1,13 @@
 """Turn a blueprint into the list of compose stages and their options.
 
 Everything that changes a stage's output is in its options (so in its id); nothing else is. The
-order puts the expensive, rarely changing stages first (packages, kernel) so that editing files,
-users or services reuses their checkpoints.
+order puts the expensive, rarely changing stages first (packages, kernel, baked container images)
+so that editing files, users, services or manifests reuses their checkpoints.
+
+Planning reads the inputs that live outside the blueprint and pins them: baked manifests are
+loaded and checked here (a manifest podman cannot play fails the compose at once, not after
+mmdebstrap), archives are hashed and registry tags resolved to digests. The containers and
+manifests stages are planned only for blueprints that have them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 from afield.blueprint import Blueprint
 from afield.compose._sources import debian_mirrors
 from afield.compose.pipeline import StageSpec
-from afield.compose.stages import device_agent
+from afield.compose.stages import containers, device_agent, manifests
 from afield.errors import ComposeError
 
 __all__ = ["BASE_PACKAGES", "Target", "host_target", "image_ref", "plan"]
@@ -76,6 +81,8 @@ def _unit(name: str) -> str:
 def _packages(blueprint: Blueprint) -> tuple[list[str], dict[str, str]]:
     custom = blueprint.customizations
     names = [*BASE_PACKAGES, *device_agent.PACKAGES, blueprint.kernel_package]
+    if blueprint.containers or custom.afield.manifests:
+        names += containers.PACKAGES
     if custom.locale is not None and custom.locale.languages:
         names.append("locales")
     if custom.timezone is not None:
@@ -100,6 +107,13 @@ def plan(blueprint: Blueprint, target: Target, *, ref: str | None = None) -> lis
     custom = blueprint.customizations
     epoch = blueprint.source_date_epoch
     names, constraints = _packages(blueprint)
+    # Local checks first: a bad manifest fails before a registry is asked anything.
+    baked_manifests = manifests.plan_options(blueprint) if custom.afield.manifests else None
+    baked_images = (
+        containers.plan_options(blueprint, architecture=target.debian_arch, source_date_epoch=epoch)
+        if blueprint.containers
+        else None
+    )
     bootstrap: dict[str, Any] = {
         "suite": target.suite,
         "architecture": target.debian_arch,
@@ -139,6 +153,7 @@ def plan(blueprint: Blueprint, target: Target, *, ref: str | None = None) -> lis
             "afield.kernel",
             {"dracut_modules": list(DRACUT_MODULES), "source_date_epoch": epoch},
         ),
+        *([StageSpec(containers.NAME, baked_images)] if baked_images else []),
         StageSpec("afield.users", users),
         StageSpec("afield.files", files),
         StageSpec(
@@ -169,6 +184,8 @@ def plan(blueprint: Blueprint, target: Target, *, ref: str | None = None) -> lis
                 suite=target.suite, architecture=target.debian_arch, source_date_epoch=epoch
             ),
         ),
+        # After the agent: its stage installs into /usr/lib/afield, which must not exist yet.
+        *([StageSpec(manifests.NAME, baked_manifests)] if baked_manifests else []),
         StageSpec("afield.ostree.prepare", {}),
         StageSpec(
             "afield.ostree.commit",

@@ -15,7 +15,9 @@ side ships inside every composed image"):
   ``check/required.d`` is unhealthy), and afield's own required checks in
   ``/usr/lib/greenboot/check/required.d`` (:data:`CHECKS`): ``40-afield-fleet.sh`` fails a boot
   whose agent configuration cannot reach its fleet manager (``afield device check-fleet``), so
-  an update that cuts a device off from its fleet rolls back by itself.
+  an update that cuts a device off from its fleet rolls back by itself; ``50-afield-workloads.sh``
+  fails a boot whose baked workloads are not ready in time (``afield workloads wait``), so an
+  update that breaks the application rolls back too.
 - ``afield-healthcheck.service`` (shipped in ``afield.device/units``), enabled through links in
   ``/usr/lib/systemd/system`` as its ``[Install]`` section says.
 
@@ -67,7 +69,7 @@ CHECKPOINT = False
 # Debian packages the agent needs in the image at run time.
 PACKAGES = ("python3", "python3-venv", "python3-gi", "gir1.2-ostree-1.0")
 PREFIX = "/usr/lib/afield"
-UNITS = ("afield-healthcheck.service", "afield-agent.service")
+UNITS = ("afield-healthcheck.service", "afield-agent.service", "afield-workloads.service")
 GREENBOOT_DIRS = ("check/required.d", "check/wanted.d", "green.d", "red.d")
 # Health checks every image gets: path in the image -> script (mode 0755).
 CHECKS = {
@@ -76,6 +78,22 @@ CHECKS = {
         "# afield: the fleet manager this deployment's agent is configured for must answer\n"
         "# (within network_grace seconds); an unmanaged device passes.\n"
         "exec /usr/bin/afield device check-fleet\n"
+    ),
+    "/usr/lib/greenboot/check/required.d/50-afield-workloads.sh": (
+        "#!/bin/sh\n"
+        "# afield: every baked (/usr/lib/afield/manifests{,.d/*}) and local\n"
+        "# (/etc/afield/manifests{,.d/*}) workload must be running and ready within\n"
+        "# AFIELD_WORKLOADS_WAIT_TIMEOUT_SEC (greenboot.conf; default 300 s), so an update that\n"
+        "# breaks the application rolls back. A device with no manifests passes at once.\n"
+        "found=\n"
+        "for d in /usr/lib/afield/manifests /usr/lib/afield/manifests.d/* \\\n"
+        "         /etc/afield/manifests /etc/afield/manifests.d/*; do\n"
+        '    [ -d "$d" ] && found=yes\n'
+        "done\n"
+        '[ -n "$found" ] || exit 0\n'
+        "if [ -r /etc/greenboot/greenboot.conf ]; then . /etc/greenboot/greenboot.conf; fi\n"
+        "export AFIELD_WORKLOADS_WAIT_TIMEOUT_SEC\n"
+        "exec /usr/bin/afield workloads wait\n"
     ),
 }
 # Where the wheels sit inside the tree while pip installs them: fixed, so no host path leaks.
