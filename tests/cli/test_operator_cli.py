@@ -1,4 +1,5 @@
-"""``afield fleet``, ``afield rollout`` and ``afield device ls|show`` against a real fleet manager.
+"""``afield fleet``, ``afield rollout`` and ``afield device ls|show|app`` against a real fleet
+manager.
 
 Each module-scoped server is the real ``afield serve`` in a subprocess, with tokens made by the
 real ``afield admin token create`` and releases registered through the API; the commands run as
@@ -370,6 +371,126 @@ def test_rollout_ls_filters_by_status(server: Server) -> None:
     assert {r["status"] for r in paused["data"]} == {"paused"}
     table = server.run("rollout", "ls", "--fleet", "trier")
     assert f"{rollout_id}" in table.stdout and "paused" in table.stdout
+
+
+# --- applications ----------------------------------------------------------------------------
+
+WEB = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+spec:
+  containers:
+  - name: web
+    image: registry.example/web:1.0
+"""
+
+
+def _manifests(tmp_path: Path, text: str = WEB, name: str = "web.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_fleet_app_set_list_show_and_rm(server: Server, tmp_path: Path) -> None:
+    _fleet(server, "apps")
+    web = _manifests(tmp_path)
+    made = server.run("fleet", "app", "set", "apps", "web", "--manifests", str(web))
+    assert made.returncode == 0, made.stderr
+    assert "set application web on fleet apps" in made.stdout
+    assert "registry.example/web:1.0" in made.stdout  # the images the manifests name
+    listed = server.run("fleet", "app", "list", "apps", token=server.viewer)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith("web"))
+    assert "registry.example/web:1.0" in row and "admin:ops" in row
+    data = server.json("fleet", "app", "list", "apps")
+    assert [a["name"] for a in data["data"]] == ["web"] and data["count"] == 1
+    shown = server.run("fleet", "app", "show", "apps", "web", token=server.viewer)
+    assert shown.returncode == 0 and shown.stdout == WEB
+    # The fleet's device (role=gateway) is told to run it; it has not reported it yet.
+    device = server.run("device", "show", "gw-offline")
+    line = next(x for x in device.stdout.splitlines() if x.startswith("app web"))
+    assert "not reported yet" in line and "fleet:apps" in line
+    removed = server.run("fleet", "app", "rm", "apps", "web")
+    assert removed.returncode == 0 and "removed application web from fleet apps" in removed.stdout
+    empty = server.run("fleet", "app", "list", "apps")
+    assert empty.returncode == 0 and "no applications on fleet apps" in empty.stdout
+
+
+def test_device_app_set_takes_images_and_lists_the_devices_own(
+    server: Server, tmp_path: Path
+) -> None:
+    web = _manifests(tmp_path)
+    made = server.json(
+        "device", "app", "set", "gw-offline", "own", "--manifests", str(web),
+        "--image", "registry.example/web@sha256:" + "a" * 64,
+    )  # fmt: skip
+    assert made["device_id"] == "gw-offline" and made["fleet"] is None
+    assert made["images"] == ["registry.example/web@sha256:" + "a" * 64]
+    listed = server.json("device", "app", "list", "gw-offline", token=server.viewer)
+    assert [a["name"] for a in listed["data"]] == ["own"]
+    shown = server.json("device", "show", "gw-offline")
+    assert {a["name"]: a["source"] for a in shown["applications"]}["own"] == "device"
+    assert server.run("device", "app", "rm", "gw-offline", "own").returncode == 0
+    assert server.json("device", "app", "list", "gw-offline")["count"] == 0
+
+
+def test_manifests_podman_cannot_play_exit_2_naming_the_file_and_field(
+    server: Server, tmp_path: Path
+) -> None:
+    _fleet(server, "bad-apps")
+    service = _manifests(tmp_path, "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n")
+    bad = server.run("fleet", "app", "set", "bad-apps", "web", "--manifests", str(service))
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.startswith(f"error: {service}: manifests, document 1")
+    assert "Service" in bad.stderr and "Traceback" not in bad.stderr
+    no_image = _manifests(tmp_path, WEB.replace("    image: registry.example/web:1.0\n", ""))
+    bad = server.run("fleet", "app", "set", "bad-apps", "web", "--manifests", str(no_image))
+    assert bad.returncode == 2 and "spec.containers[0].image" in bad.stderr
+    assert server.json("fleet", "app", "list", "bad-apps")["count"] == 0
+
+
+def test_a_manifests_file_that_cannot_be_sent_exits_2_naming_it(
+    server: Server, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing.yaml"
+    bad = server.run("fleet", "app", "set", "apps", "web", "--manifests", str(missing))
+    assert bad.returncode == 2
+    assert f"--manifests {missing}: cannot read it" in bad.stderr
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"kind: Pod\n\xff\xfe")
+    bad = server.run("fleet", "app", "set", "apps", "web", "--manifests", str(binary))
+    assert bad.returncode == 2 and f"{binary}: not UTF-8 text (byte 10)" in bad.stderr
+    empty = _manifests(tmp_path, "\n", "empty.yaml")
+    bad = server.run("fleet", "app", "set", "apps", "web", "--manifests", str(empty))
+    assert bad.returncode == 2 and f"{empty}: empty" in bad.stderr
+
+
+def test_app_commands_name_an_unknown_fleet_device_or_application(
+    server: Server, tmp_path: Path
+) -> None:
+    web = _manifests(tmp_path)
+    bad = server.run("fleet", "app", "set", "nowhere", "web", "--manifests", str(web))
+    assert bad.returncode == 2 and "no fleet named 'nowhere'" in bad.stderr
+    bad = server.run("device", "app", "list", "gw-404")
+    assert bad.returncode == 2 and "no device 'gw-404'" in bad.stderr
+    _fleet(server, "app-less")
+    bad = server.run("fleet", "app", "rm", "app-less", "web")
+    assert bad.returncode == 2
+    assert "fleet 'app-less' has no application named 'web'" in bad.stderr
+    bad = server.run("fleet", "app", "set", "app-less", "Web_1", "--manifests", str(web))
+    assert bad.returncode == 2 and bad.stderr.startswith("error: name")
+
+
+def test_a_viewer_token_cannot_set_an_application(server: Server, tmp_path: Path) -> None:
+    _fleet(server, "viewed")
+    web = _manifests(tmp_path)
+    refused = server.run(
+        "fleet", "app", "set", "viewed", "web", "--manifests", str(web), token=server.viewer
+    )
+    assert refused.returncode == 2 and "writing needs admin" in refused.stderr
+    assert server.json("fleet", "app", "list", "viewed")["count"] == 0
 
 
 # --- devices ---------------------------------------------------------------------------------

@@ -9,13 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from afield.fleet.db import Database, DatabaseError, alembic_config
 from afield.fleet.models import (
+    Application,
     Device,
     DeviceStatus,
     device_status,
@@ -76,6 +79,80 @@ def test_upgrading_a_database_with_devices_keeps_them(sqlite_db: Database) -> No
         assert device.report == {}
         assert device.desired_release_id is None
     assert _schema_differences(sqlite_db) == []
+
+
+def _device_at_0002(db: Database) -> None:
+    """A device as revision 0002 knows it: enrolled, reporting, told a release."""
+    with db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO devices (id, name, labels, updating, phase, created, guid, "
+                "public_key, report) VALUES ('dev-1', 'one', '{\"site\": \"berlin\"}', "
+                "false, 'idle', '2026-01-01 00:00:00', "
+                "'3f2c6d0e-8f1a-4a57-9d35-0d7c1b3a9e42', 'PEM', '{\"image\": \"gateway\"}')"
+            )
+        )
+
+
+def _upgraded_from_0002_keeps_devices(db: Database) -> None:
+    db.upgrade("0002")
+    _device_at_0002(db)
+    db.upgrade()
+    assert db.revision() == HEAD
+    with db.transaction() as session:
+        device = session.get(Device, "dev-1")
+        assert device is not None
+        assert (device.labels, device.report) == ({"site": "berlin"}, {"image": "gateway"})
+        assert device.applications is None  # no application yet: nothing to backfill
+        session.add(
+            Application(
+                device_id="dev-1",
+                name="web",
+                manifests="kind: Pod",
+                images=[],
+                digest="0" * 64,
+                created=NOW,
+                updated=NOW,
+                updated_by="admin:ops",
+            )
+        )
+    assert _schema_differences(db) == []
+    # An application has exactly one owner: a fleet or a device.
+    for owners in ({}, {"fleet_id": None, "device_id": None}):
+        with pytest.raises(IntegrityError), db.transaction() as session:
+            session.add(
+                Application(
+                    **owners,
+                    name="orphan",
+                    manifests="kind: Pod",
+                    images=[],
+                    digest="0" * 64,
+                    created=NOW,
+                    updated=NOW,
+                    updated_by="admin:ops",
+                )
+            )
+    # And back down: the table and the column go, the devices stay.
+    with db.engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0002")
+    schema = inspect(db.engine)
+    assert "applications" not in schema.get_table_names()
+    assert "applications" not in {c["name"] for c in schema.get_columns("devices")}
+    assert db.revision() == "0002"
+
+
+def test_upgrading_from_0002_adds_applications_and_keeps_devices(sqlite_db: Database) -> None:
+    _upgraded_from_0002_keeps_devices(sqlite_db)
+
+
+@pytest.mark.root
+def test_upgrading_from_0002_on_postgresql_adds_applications_and_keeps_devices() -> None:
+    with cluster() as admin:
+        db = Database(new_database(admin))
+        try:
+            _upgraded_from_0002_keeps_devices(db)
+        finally:
+            db.close()
 
 
 def test_sqlite_database_runs_in_wal_mode(sqlite_db: Database) -> None:

@@ -149,6 +149,28 @@ def labels(labels: Mapping[str, str] | None) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
 
 
+def application_state(application: Mapping[str, Any]) -> Text:
+    """How a device's application is, as ``device show`` prints it: the state it reported,
+    ``failed: why``, an old version, not reported yet or being removed; its source."""
+    desired, reported = application.get("desired_digest"), application.get("reported_digest")
+    state = application.get("state")
+    if desired is None:
+        text = Text(f"not wanted any more (reported {state or '-'}: being removed)", style="dim")
+    elif state is None:
+        text = Text("not reported yet", style="dim")
+    elif state == "failed":
+        text = Text(f"failed: {application.get('reason') or 'no reason given'}", style="red")
+    else:
+        text = styled(str(state))
+        if state == "ready":
+            text.stylize("green")
+    if desired is not None and reported is not None and reported != desired:
+        text.append(f" (old version {str(reported)[:12]}; should run {str(desired)[:12]})")
+    if application.get("source"):
+        text.append(f" [{application['source']}]", style="dim")
+    return text
+
+
 def device_rollout(device: Mapping[str, Any]) -> str:
     rollout = device.get("rollout")
     if not rollout:

@@ -10,6 +10,7 @@ import typer
 
 from afield.cli._output import console, err_console, print_json
 from afield.cli._progress import DownloadProgress
+from afield.cli.operator import device_apps
 from afield.device.agent import AgentOptions, check_fleet
 from afield.device.agent import run as run_agent
 from afield.device.bootseq import boot_once, healthcheck_booted
@@ -23,6 +24,8 @@ from afield.errors import TransportError
 app = typer.Typer(
     help="Install, update, boot and roll back a device's sysroot.", no_args_is_help=True
 )
+# The fleet manager's applications of one device (operator commands, afield.cli.operator).
+app.add_typer(device_apps, name="app")
 
 SysrootOption = typer.Option(..., "--sysroot", help="The device's sysroot directory.")
 RepoOption = typer.Option(..., "--repo", help="The afield repository holding the commit.")

@@ -1,10 +1,15 @@
-"""``afield fleet``, ``afield rollout`` and ``afield device ls|show``: the operator's commands.
+"""``afield fleet``, ``afield rollout`` and ``afield device ls|show|app``: the operator's commands.
 
 They talk to a running fleet manager's admin API (``--server``, ``$AFIELD_SERVER``) with a
 bearer token (``--token``, ``$AFIELD_TOKEN``; ``afield admin token create`` makes one):
 
 * ``fleet create NAME --selector S --policy FILE_OR_JSON [--release IMAGE/ARCH/VERSION]``,
   ``fleet ls``, ``fleet show NAME``;
+* ``fleet app set FLEET NAME --manifests FILE [--image REF ...]``, ``fleet app rm FLEET NAME``,
+  ``fleet app list FLEET``, ``fleet app show FLEET NAME`` (prints the manifests): applications,
+  Kubernetes manifests every device of the fleet runs; ``device app ...`` the same for one
+  device (it replaces a fleet's application of the same name), registered on the ``device``
+  group by :mod:`afield.cli.device`;
 * ``rollout start FLEET [--release ...]``, ``rollout status ID [--watch]`` (a live view until the
   rollout completes, pauses, aborts or waits for approval), ``rollout ls``, and ``pause``,
   ``resume``, ``approve``, ``abort`` of a rollout;
@@ -36,6 +41,7 @@ from rich.live import Live
 from rich.text import Text
 
 from afield.cli._fleet_views import (
+    application_state,
     device_rollout,
     fields,
     fleet_lines,
@@ -54,7 +60,7 @@ from afield.errors import FleetError
 if TYPE_CHECKING:
     from afield.fleet.client import FleetClient
 
-__all__ = ["device_ls", "device_show", "fleet_app", "rollout_app"]
+__all__ = ["device_apps", "device_ls", "device_show", "fleet_app", "fleet_apps", "rollout_app"]
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 SETTLED = ("completed", "paused", "aborted", "waiting_approval")  # where --watch stops
@@ -66,6 +72,16 @@ fleet_app = typer.Typer(
 rollout_app = typer.Typer(
     help="Rollouts of a release over a fleet: start, watch and steer them.", no_args_is_help=True
 )
+fleet_apps = typer.Typer(
+    help="Applications of a fleet: Kubernetes manifests every device of the fleet runs.",
+    no_args_is_help=True,
+)
+device_apps = typer.Typer(
+    help="A device's own applications: Kubernetes manifests that replace its fleets' of the "
+    "same name.",
+    no_args_is_help=True,
+)
+fleet_app.add_typer(fleet_apps, name="app")
 
 ServerOption = typer.Option(
     DEFAULT_SERVER, "--server", envvar="AFIELD_SERVER", help="The fleet manager's URL."
@@ -452,4 +468,160 @@ def device_show(
         ("rolled back", Text(when(device.get("rolled_back_at")))),
         ("rollout", Text(device_rollout(device))),
     ]
+    for application in device.get("applications") or []:
+        rows.append((f"app {application['name']}", application_state(application)))
     console.print(fields(rows))
+
+
+# --- applications ----------------------------------------------------------------------------
+
+MAX_MANIFEST_BYTES = 1 << 20  # what is read of a manifests file (the server takes 256 Ki chars)
+
+
+def _read_manifests(path: Path) -> str:
+    """The text of a manifests file; a user error naming it if it cannot be sent."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise _user_error(
+            f"--manifests {path}: cannot read it ({e.strerror or e}); expected a YAML file of "
+            "Kubernetes manifests"
+        ) from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise _user_error(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _user_error(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        raise _user_error(f"{path}: empty; expected Kubernetes manifests (a Pod, a Deployment...)")
+    return text
+
+
+def _register_application_commands(group: typer.Typer, owner: str, noun: str) -> None:
+    """``set``, ``rm``, ``list`` (``ls``) and ``show`` on ``group``, for a fleet or a device."""
+    metavar = noun if noun == "fleet" else "device_id"
+    of = f"The {noun}'s name." if noun == "fleet" else f"The {noun}'s id."
+    where = (
+        "its devices apply it at their next poll"
+        if noun == "fleet"
+        else "the device applies it at its next poll"
+    )
+    gone = (
+        "its devices remove it at their next poll"
+        if noun == "fleet"
+        else "the device runs its fleets' application of that name, if any, instead"
+    )
+
+    @group.command("set")
+    def app_set(
+        owner_name: str = typer.Argument(..., metavar=metavar, help=of),
+        name: str = typer.Argument(..., help="The application's name: a DNS label (web, db-1)."),
+        manifests: Path = typer.Option(
+            ...,
+            "--manifests",
+            help="A YAML file of Kubernetes manifests (Pod, Deployment, ConfigMap, Secret, "
+            "PersistentVolumeClaim).",
+        ),
+        image: list[str] = typer.Option(
+            [],
+            "--image",
+            help="An image to pull; repeat for more (default: every image the manifests name).",
+        ),
+        server: str = ServerOption,
+        token: str | None = TokenOption,
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Set an application (new or changed manifests): {where}."""
+        text = _read_manifests(manifests)
+        with _client(server, token) as client:
+            try:
+                answer = client.set_application(owner, owner_name, name, text, image or None)
+            except FleetError as e:
+                if getattr(e, "field", None) == "manifests":
+                    raise _user_error(f"{manifests}: {e}") from None
+                raise
+        if as_json:
+            print_json(answer)
+            return
+        images = ", ".join(answer.get("images") or []) or "-"
+        console.print(
+            f"set application {answer['name']} on {noun} {owner_name}: "
+            f"digest {str(answer['digest'])[:12]}, images {images}",
+            markup=False,
+        )
+
+    app_set.__doc__ = (app_set.__doc__ or "").format(where=where)
+
+    @group.command("rm")
+    def app_rm(
+        owner_name: str = typer.Argument(..., metavar=metavar, help=of),
+        name: str = typer.Argument(..., help="The application's name."),
+        server: str = ServerOption,
+        token: str | None = TokenOption,
+    ) -> None:
+        """Remove an application: {gone}."""
+        with _client(server, token) as client:
+            client.delete_application(owner, owner_name, name)
+        console.print(f"removed application {name} from {noun} {owner_name}", markup=False)
+
+    app_rm.__doc__ = (app_rm.__doc__ or "").format(gone=gone)
+
+    def app_list(
+        owner_name: str = typer.Argument(..., metavar=metavar, help=of),
+        server: str = ServerOption,
+        token: str | None = TokenOption,
+        as_json: bool = JsonOption,
+    ) -> None:
+        answer: dict[str, Any]
+        with _client(server, token) as client:
+            answer = client.list_applications(owner, owner_name)
+        if as_json:
+            print_json(answer)
+            return
+        if not answer.get("data"):
+            console.print(
+                f"no applications on {noun} {owner_name} (afield {noun} app set {owner_name} "
+                "NAME --manifests FILE sets one)",
+                markup=False,
+            )
+            return
+        table = new_table("NAME", "DIGEST", "IMAGES", "UPDATED", "BY")
+        for application in answer["data"]:
+            table.add_row(
+                Text(application["name"]),
+                Text(str(application["digest"])[:12]),
+                Text(", ".join(application.get("images") or []) or "-"),
+                Text(when(application.get("updated"))),
+                Text(application.get("updated_by") or "-"),
+            )
+        print_table(table)
+
+    app_list.__doc__ = (
+        "List the fleet's applications by name."
+        if noun == "fleet"
+        else "List the device's own applications by name (device show lists all it runs)."
+    )
+    group.command("list")(app_list)
+    group.command("ls", hidden=True)(app_list)
+
+    @group.command("show")
+    def app_show(
+        owner_name: str = typer.Argument(..., metavar=metavar, help=of),
+        name: str = typer.Argument(..., help="The application's name."),
+        server: str = ServerOption,
+        token: str | None = TokenOption,
+        as_json: bool = JsonOption,
+    ) -> None:
+        """Print an application's manifests as they were set (--json: with digest and images)."""
+        with _client(server, token) as client:
+            answer = client.show_application(owner, owner_name, name)
+        if as_json:
+            print_json(answer)
+            return
+        print(answer["manifests"], end="" if str(answer["manifests"]).endswith("\n") else "\n")
+
+
+_register_application_commands(fleet_apps, "fleets", "fleet")
+_register_application_commands(device_apps, "devices", "device")

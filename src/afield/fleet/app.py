@@ -16,9 +16,11 @@ assembles:
 
 Every request is logged as one JSON line on the ``afield.fleet.access`` logger (method, path,
 route, status, duration, client, and the token's actor when one was checked). Bodies over
-``settings.max_body_bytes`` are refused with 413 before they are read. Errors are answered in
-one place: every refused request gets ``{"error", "field", "problems"}`` and a 4xx, whatever
-refused it (validation, authentication, the engine), never a 500 for bad input.
+``settings.max_body_bytes`` are refused with 413 before they are read (a ``PUT`` of an
+application's manifests may be up to :data:`afield.fleet.api.applications.MAX_BODY_BYTES`).
+Errors are answered in one place: every refused request gets ``{"error", "field",
+"problems"}`` and a 4xx, whatever refused it (validation, authentication, the engine), never a
+500 for bad input.
 
 The rollout runner (:class:`~afield.fleet.runner.RolloutRunner`) steps rollouts in a thread
 the app's lifespan starts and stops (``settings.runner_interval`` seconds between ticks; 0
@@ -38,6 +40,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -57,6 +60,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from afield.errors import AfieldError, FleetError
 from afield.fleet.api import api_router
+from afield.fleet.api.applications import MAX_BODY_BYTES as MAX_APPLICATION_BODY
 from afield.fleet.api.deps import ApiError, Problem, error_body
 from afield.fleet.api.device import FAST_ROUTE, DeviceService, PollFastPath
 from afield.fleet.auth import AccessError
@@ -75,6 +79,7 @@ ACCESS_LOGGER = "afield.fleet.access"
 _METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _STATUS_FIELDS = ("id", "last_seen", "updating", "pending_version", "health_ok", "rolled_back_at")
+_APPLICATION_PUT = re.compile(r"/api/v1/(fleets|devices)/[^/]+/applications/[^/]+")
 
 log = logging.getLogger(ACCESS_LOGGER)
 
@@ -93,7 +98,8 @@ class FleetSettings:
         db_url: the database (SQLAlchemy URL; SQLite file by default).
         repo_dir: an afield repository to serve at ``/repo/`` (None: not served).
         offline_after: seconds without a check-in after which a device is Offline.
-        max_body_bytes: the largest request body accepted (413 above).
+        max_body_bytes: the largest request body accepted (413 above); an application's
+            manifests may take more (:func:`body_limit`).
         repo_url: where devices fetch updates, absolute or relative to this server
             (default ``/repo/`` when ``repo_dir`` is served, else none).
         poll_seconds: how often devices are told to poll.
@@ -218,6 +224,14 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def body_limit(method: str, path: str, max_body: int) -> int:
+    """The largest body accepted for ``method path``: ``max_body``, or more for the ``PUT`` of
+    an application (manifests of up to 256 Ki characters)."""
+    if method == "PUT" and _APPLICATION_PUT.fullmatch(path):
+        return max(max_body, MAX_APPLICATION_BODY)
+    return max_body
+
+
 class _TooLarge(Exception):
     """A body went past the limit while it was read (a chunked body has no length to check)."""
 
@@ -239,7 +253,8 @@ class _Edge:
         client = scope.get("client")
         status, started = 500, False
         length = _content_length(scope)
-        too_large = error_body(f"the request body is larger than {self.max_body} bytes", "body")
+        max_body = body_limit(method, path, self.max_body)
+        too_large = error_body(f"the request body is larger than {max_body} bytes", "body")
         received = 0
 
         async def limited() -> Message:
@@ -247,7 +262,7 @@ class _Edge:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > max_body:
                     raise _TooLarge
             return message
 
@@ -284,7 +299,7 @@ class _Edge:
             await send(message)
 
         try:
-            if length is not None and length > self.max_body:
+            if length is not None and length > max_body:
                 await JSONResponse(too_large, status_code=413)(scope, receive, observed)
             else:
                 await self.app(scope, limited, observed)
@@ -405,7 +420,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101  # registered for it
         status, message = exc.status_code, str(exc.detail)
         if isinstance(exc.__cause__, _TooLarge):  # a streamed body past the limit
-            limit = request.app.state.settings.max_body_bytes
+            limit = body_limit(
+                request.method, request.url.path, request.app.state.settings.max_body_bytes
+            )
             return _answer(413, f"the request body is larger than {limit} bytes", "body", [])
         if status == 400 and message == "There was an error parsing the body":
             # Not UTF-8, a number past Python's 4300 digits, nesting past the parser's depth.

@@ -3,7 +3,8 @@
 :class:`FleetClient` sends one request per call with a bearer token and returns the API's JSON
 as it came (dicts and lists, the shapes :mod:`afield.fleet.api` documents): fleets (create,
 list, show), rollouts (start, list, show, pause, resume, approve, abort), devices (one page, or
-every page by following ``next_cursor``; show one), releases and events (one page each).
+every page by following ``next_cursor``; show one), applications of a fleet or a device (list,
+show, set, remove), releases and events (one page each).
 Answers are read up to a byte limit and must be JSON.
 
 Every failure is a :class:`FleetRequestError`, a :class:`~afield.errors.FleetError`: a 4xx
@@ -29,7 +30,14 @@ import httpx
 
 from afield.errors import FleetError, Problem
 
-__all__ = ["MAX_RESPONSE", "PAGE", "FleetClient", "FleetRequestError", "release_ref"]
+__all__ = [
+    "MAX_RESPONSE",
+    "OWNERS",
+    "PAGE",
+    "FleetClient",
+    "FleetRequestError",
+    "release_ref",
+]
 
 MAX_RESPONSE = 16 << 20  # the largest answer read (a page of 500 devices is well under 1 MiB)
 PAGE = 500  # the API's largest page
@@ -37,6 +45,7 @@ _ERRNO = re.compile(r"^\[Errno -?\d+\]\s*")
 _RELEASE = re.compile(r"([^/\s]+)/([^/\s]+)/([^/\s]+)")
 
 Json = dict[str, Any]
+OWNERS = ("fleets", "devices")  # what applications are set on, as the API's path names them
 
 
 class FleetRequestError(FleetError):
@@ -268,6 +277,40 @@ class FleetClient:
         """One device."""
         return self._call("GET", f"/devices/{_segment(device_id)}")
 
+    # --- applications ----------------------------------------------------------------------
+
+    def _applications(self, owner: str, name: str) -> str:
+        if owner not in OWNERS:
+            raise ValueError(f"owner {owner!r}: expected one of {', '.join(OWNERS)}")
+        return f"/{owner}/{_segment(name)}/applications"
+
+    def list_applications(self, owner: str, name: str) -> Json:
+        """The applications set on fleet or device ``name`` (``owner``: fleets or devices)."""
+        return self._call("GET", self._applications(owner, name))
+
+    def show_application(self, owner: str, name: str, application: str) -> Json:
+        """One application of a fleet or a device, with its manifests."""
+        return self._call("GET", f"{self._applications(owner, name)}/{_segment(application)}")
+
+    def set_application(
+        self,
+        owner: str,
+        name: str,
+        application: str,
+        manifests: str,
+        images: Sequence[str] | None = None,
+    ) -> Json:
+        """Set an application's manifests (and images: default the ones they name)."""
+        body: Json = {"manifests": manifests}
+        if images is not None:
+            body["images"] = list(images)
+        path = f"{self._applications(owner, name)}/{_segment(application)}"
+        return self._call("PUT", path, json_body=body)
+
+    def delete_application(self, owner: str, name: str, application: str) -> None:
+        """Remove an application from a fleet or a device."""
+        self._call("DELETE", f"{self._applications(owner, name)}/{_segment(application)}")
+
     # --- releases and events ---------------------------------------------------------------
 
     def list_releases(
@@ -330,6 +373,8 @@ class FleetClient:
         body = _decode(raw)
         if status >= 400:
             raise _answer_error(method, url, status, body)
+        if status == 204:  # deleted: no content
+            return {}
         if not isinstance(body, dict):
             raise FleetRequestError(
                 f"{method} {url} answered {status} but not with a JSON object: "

@@ -1,8 +1,9 @@
 """The fleet manager's tables (SQLAlchemy 2, typed ``Mapped[...]``) and the conversions around them.
 
-Eight tables: ``devices`` (identity, what each device runs and reported last, the release it
-should run, and where it is in a rollout), ``fleets`` (a label selector, a target release, a
-rollout policy), ``releases`` (image, arch, version, commit), ``rollouts`` (a fleet moving to a
+Nine tables: ``devices`` (identity, what each device runs and reported last, the release and
+the applications it should run, and where it is in a rollout), ``fleets`` (a label selector, a
+target release, a rollout policy), ``applications`` (Kubernetes manifests set on a fleet or on
+one device), ``releases`` (image, arch, version, commit), ``rollouts`` (a fleet moving to a
 release: the engine's :class:`~afield.fleet.rollout.RolloutState` as JSON beside its status),
 ``events`` (the audit trail), ``api_tokens`` (admin and viewer bearer tokens, stored as SHA-256
 digests only), ``enrollment_tokens`` (one-time tokens a device trades for its certificate, also
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -48,6 +50,7 @@ from afield.fleet.rollout import Cause, Counters, DeviceView, Phase, RolloutStat
 
 __all__ = [
     "ApiToken",
+    "Application",
     "Base",
     "CertificateAuthority",
     "Device",
@@ -115,7 +118,11 @@ class Device(Base):
     :class:`~afield.fleet.rollout.DeviceView` for the rollout named by ``rollout_id``;
     ``desired_release_id`` is the release the device is told to run (what the rollout runner
     assigned last). ``public_key`` (PEM) is the key its certificate certifies: every device
-    request is signed with it. ``report`` is the device's last status report as it sent it.
+    request is signed with it. ``report`` is the device's last status report as it sent it
+    (its ``applications`` kept from an earlier report when the last one did not say).
+    ``applications`` is the JSON text of the applications the device should run, exactly as the
+    desired state carries them (:mod:`afield.fleet.applications` keeps it resolved from the
+    fleets' and the device's own applications; None: none), so a poll reads it as it is.
     """
 
     __tablename__ = "devices"
@@ -149,6 +156,7 @@ class Device(Base):
         ForeignKey("releases.id", ondelete="SET NULL"), index=True
     )
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    applications: Mapped[str | None] = mapped_column(Text)
 
     desired_release: Mapped[Release | None] = relationship(lazy="joined")
 
@@ -169,6 +177,33 @@ class Fleet(Base):
     updated: Mapped[datetime.datetime]
 
     target_release: Mapped[Release | None] = relationship(lazy="joined")
+
+
+class Application(Base):
+    """Kubernetes manifests set on a fleet (every device its selector matches) or on one device.
+
+    Exactly one of ``fleet_id`` and ``device_id`` is set; names are unique per owner. ``digest``
+    is the SHA-256 of ``manifests`` (the wire :class:`~afield.fleet.protocol.Application`'s),
+    ``images`` the images they use, ``updated_by`` the actor of the last write.
+    """
+
+    __tablename__ = "applications"
+    __table_args__ = (
+        UniqueConstraint("fleet_id", "name"),
+        UniqueConstraint("device_id", "name"),
+        CheckConstraint("(fleet_id IS NULL) <> (device_id IS NULL)", name="one_owner"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet_id: Mapped[int | None] = mapped_column(ForeignKey("fleets.id", ondelete="CASCADE"))
+    device_id: Mapped[str | None] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    manifests: Mapped[str] = mapped_column(Text)
+    images: Mapped[list[str]] = mapped_column(JSON)
+    digest: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime.datetime]
+    updated: Mapped[datetime.datetime]
+    updated_by: Mapped[str] = mapped_column(String(200))
 
 
 class Rollout(Base):

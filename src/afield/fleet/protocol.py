@@ -9,9 +9,11 @@ Three calls, all JSON (the models below are the contract and the OpenAPI schema)
 * ``GET /api/v1/device/desired?wait=S`` answers :class:`DesiredState` with an ``ETag``. A device
   sends the ETag it has in ``If-None-Match``; while nothing changed the server holds the request
   up to ``wait`` seconds (long-poll) and answers ``304``, so an idle device costs one quiet
-  connection, not a stream of queries.
+  connection, not a stream of queries. The state names the release to run and the
+  applications (:class:`Application`: Kubernetes manifests and their images) to run beside it.
 * ``POST /api/v1/device/status`` with :class:`StatusReport`: what runs, what is staged, the last
-  health checks, the update in progress and the last rollback.
+  health checks, the update in progress, the last rollback and how each application is
+  (:class:`ApplicationStatus`).
 
 Every call after enrollment is signed with the device key (TLS may terminate at a proxy, so the
 identity travels in the request itself). The header is::
@@ -48,12 +50,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from afield.errors import FleetError
 
 __all__ = [
+    "APP_NAME",
     "AUTH_SCHEME",
     "DESIRED_PATH",
     "ENROLL_PATH",
+    "MAX_APPLICATIONS",
+    "MAX_DESIRED_BYTES",
+    "MAX_MANIFEST_CHARS",
     "MAX_SKEW",
     "MAX_WAIT",
     "STATUS_PATH",
+    "Application",
+    "ApplicationStatus",
     "DesiredRelease",
     "DesiredState",
     "DeviceAuth",
@@ -67,6 +75,7 @@ __all__ = [
     "VersionRef",
     "authorization",
     "make_csr",
+    "manifests_digest",
     "new_device_key",
     "parse_authorization",
     "signing_string",
@@ -79,6 +88,9 @@ STATUS_PATH = "/api/v1/device/status"
 AUTH_SCHEME = "AfieldDevice"
 MAX_SKEW = 300  # seconds a signed request's time may differ from the server's
 MAX_WAIT = 120  # the longest long-poll a device may ask for, seconds
+MAX_APPLICATIONS = 64  # the most applications one device runs (and reports)
+MAX_MANIFEST_CHARS = 262144  # the longest manifests text of one application
+MAX_DESIRED_BYTES = 1 << 20  # the largest desired state a device must read (its JSON, bytes)
 _NONCE = re.compile(r"^[0-9a-f]{16,64}$")
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _AUTH_PART = re.compile(r"\s*([a-z]+)=([^,\s]*)\s*(?:,|$)")
@@ -90,6 +102,13 @@ NAME = r"^[a-z0-9][a-z0-9._-]*$"
 Commit = Annotated[str, Field(pattern=COMMIT, description="OSTree commit: 64 lowercase hex.")]
 Version = Annotated[str, Field(min_length=1, max_length=64, pattern=VERSION)]
 ShortText = Annotated[str, Field(max_length=500)]
+APP_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+AppName = Annotated[
+    str, Field(pattern=APP_NAME, description="The application's name: a DNS label (RFC 1123).")
+]
+Digest = Annotated[
+    str, Field(pattern=COMMIT, description="SHA-256 of the manifests' UTF-8 bytes, 64 hex.")
+]
 
 
 class DeviceAuthError(FleetError):
@@ -137,11 +156,31 @@ class DesiredRelease(BaseModel):
     commit: str
 
 
+class Application(_Strict):
+    """A workload the fleet manager wants on a device, as Kubernetes manifests podman plays.
+
+    ``manifests`` is a YAML stream (checked by the fleet manager when it was set, with
+    :func:`afield.workloads.manifests.parse`), ``images`` the images it uses (to pull first),
+    ``digest`` the SHA-256 of the manifests' UTF-8 bytes (:func:`manifests_digest`), computed
+    by the fleet manager, so a device tells a change without comparing texts.
+    """
+
+    name: AppName
+    manifests: Annotated[str, Field(min_length=1, max_length=MAX_MANIFEST_CHARS)]
+    images: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=255)]], Field(max_length=32)
+    ] = []
+    digest: Digest
+
+
 class DesiredState(BaseModel):
     """What the fleet manager wants a device to run, and where to get it.
 
     ``repo_url`` is the update repository, absolute or relative to the fleet manager's URL.
     ``release`` None: keep running what runs. ``poll_seconds``: how long to wait between polls.
+    ``applications``: the workloads to run beside the release, by name (none: remove every
+    application the fleet manager deployed). The fleet manager leaves the field out while it is
+    empty, so a device that predates applications reads the same state (and ETag) as before.
     """
 
     device_id: str
@@ -149,6 +188,7 @@ class DesiredState(BaseModel):
     rollout_id: int | None = None
     repo_url: str | None = None
     poll_seconds: int = 30
+    applications: list[Application] = []
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -194,8 +234,26 @@ class Rollback(_Strict):
     reason: ShortText = ""
 
 
+class ApplicationStatus(_Strict):
+    """How an application is on the device, for the manifests of ``digest``.
+
+    ``state``: ``pending`` (pulling images, not played yet), ``running`` (played, not ready
+    yet), ``ready``, ``failed`` (``reason`` says why; the device runs the manifests that ran
+    before, if any, and does not retry this digest).
+    """
+
+    name: AppName
+    digest: Digest
+    state: Literal["pending", "running", "ready", "failed"]
+    reason: ShortText = ""
+
+
 class StatusReport(_Strict):
-    """What the device reports; every field describes its state now (reports are idempotent)."""
+    """What the device reports; every field describes its state now (reports are idempotent).
+
+    ``applications`` None: the device did not say (the fleet manager keeps what it said
+    before); ``[]``: it runs none.
+    """
 
     image: Annotated[str, Field(max_length=64, pattern=NAME)] | None = None
     arch: Annotated[str, Field(max_length=32, pattern=r"^[A-Za-z0-9_]+$")] | None = None
@@ -205,6 +263,14 @@ class StatusReport(_Strict):
     health: HealthReport | None = None
     update: UpdateProgress | None = None
     rolled_back: Rollback | None = None
+    applications: Annotated[list[ApplicationStatus], Field(max_length=MAX_APPLICATIONS)] | None = (
+        None
+    )
+
+
+def manifests_digest(manifests: str) -> str:
+    """The :attr:`Application.digest` of ``manifests``: SHA-256 of its UTF-8 bytes, hex."""
+    return hashlib.sha256(manifests.encode()).hexdigest()
 
 
 # --- keys and CSRs ---------------------------------------------------------------------------

@@ -3,8 +3,14 @@
 :func:`apply_report` takes a device row, its report (:class:`~afield.fleet.protocol.StatusReport`)
 and the release of the rollout the device is in, and updates the row in place. It returns the
 events worth recording: only changes (a new booted commit, health turning bad, a new rollback, a
-failed or refused update), so a fleet of devices that report every minute does not flood the
-audit trail.
+failed or refused update, an application that failed), so a fleet of devices that report every
+minute does not flood the audit trail.
+
+The report is stored as sent (``report``), except that a report whose ``applications`` is None
+(the device did not say: an agent that predates applications, or one that skipped them) keeps
+the application statuses of the report before: the device API shows them beside the digests
+the device should run. An application whose state turns ``failed`` (or fails again with other
+manifests) is a ``device.application_failed`` event.
 
 The fields the summary status reads (:func:`afield.fleet.models.device_status`):
 
@@ -76,7 +82,11 @@ def apply_report(
     before = device.report or {}
     booted = report.booted
     previous_commit = device.current_commit
-    device.report = report.model_dump(mode="json")
+    stored = report.model_dump(mode="json")
+    if report.applications is None and before.get("applications") is not None:
+        stored["applications"] = before["applications"]
+    device.report = stored
+    events += _application_events(report, before)
     device.last_seen = now
     device.image = report.image or device.image
     device.arch = report.arch or device.arch
@@ -136,6 +146,26 @@ def apply_report(
 
     if rollout_commit is not None and device.phase in _MOVABLE:
         _move_phase(device, report, rollout_commit, now)
+    return events
+
+
+def _application_events(report: StatusReport, before: dict[str, Any]) -> list[ReportEvent]:
+    """A ``device.application_failed`` for each application that failed since the last report."""
+    if not report.applications:
+        return []
+    old = {
+        str(item.get("name")): item
+        for item in before.get("applications") or []
+        if isinstance(item, dict)
+    }
+    events = []
+    for status in report.applications:
+        if status.state != "failed":
+            continue
+        was = old.get(status.name) or {}
+        if (was.get("state"), was.get("digest")) != ("failed", status.digest):
+            details = {"name": status.name, "digest": status.digest, "reason": status.reason}
+            events.append(ReportEvent("device.application_failed", details))
     return events
 
 

@@ -1,8 +1,9 @@
 """The fleet manager's HTTP API under ``/api/v1``: one router module per resource.
 
 :func:`api_router` assembles them: :mod:`~afield.fleet.api.devices`,
-:mod:`~afield.fleet.api.fleets`, :mod:`~afield.fleet.api.releases` (and the images'
-``running`` endpoint), :mod:`~afield.fleet.api.rollouts`, :mod:`~afield.fleet.api.events`, and
+:mod:`~afield.fleet.api.fleets`, :mod:`~afield.fleet.api.applications` (of fleets and
+devices), :mod:`~afield.fleet.api.releases` (and the images' ``running`` endpoint),
+:mod:`~afield.fleet.api.rollouts`, :mod:`~afield.fleet.api.events`, and
 the device API with enrollment tokens (:mod:`~afield.fleet.api.device`). Reads need a viewer or
 admin token, writes an admin token (:mod:`afield.fleet.auth`); the exceptions are
 ``GET /api/v1/images/{image}/running``, which ``afield release publish`` calls without a token,
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from afield.fleet.api import device, devices, events, fleets, releases, rollouts
+from afield.fleet.api import applications, device, devices, events, fleets, releases, rollouts
 
 __all__ = ["API_PREFIX", "api_router"]
 
@@ -32,6 +33,8 @@ def api_router() -> APIRouter:
         devices.router,
         fleets.router,
         rollouts.fleet_router,
+        applications.fleet_router,
+        applications.device_router,
         rollouts.router,
         releases.router,
         releases.images_router,

@@ -9,8 +9,9 @@ message that says what is accepted, and the field at fault. :func:`error_body` i
 
 ``problems`` lists every problem found (a policy with three mistakes gets three), ``error`` and
 ``field`` repeat the first. Dependencies come as typed aliases: :data:`SessionDep` (a session
-closed after the request), :data:`NowDep` (the app's clock, so tests can fix time) and
-:data:`OfflineAfterDep` (seconds without a check-in before a device counts as offline).
+closed after the request), :data:`NowDep` (the app's clock, so tests can fix time),
+:data:`OfflineAfterDep` (seconds without a check-in before a device counts as offline) and
+:data:`NotifierDep` (wakes the long-polls of devices whose desired state a write changed).
 Parameters stay within what a database can take (:data:`TEXT` has no NUL, :data:`MAX_ID` and
 :data:`IdCursorQuery` fit PostgreSQL's 32-bit ids), so such a parameter is a 422 naming it,
 never a 500 from SQL.
@@ -36,6 +37,7 @@ from sqlalchemy.orm import Session
 from afield._sql import as_utc
 from afield.errors import FleetError
 from afield.fleet.models import Event
+from afield.fleet.notify import Notifier
 
 __all__ = [
     "MAX_ID",
@@ -45,6 +47,7 @@ __all__ = [
     "CursorQuery",
     "IdCursorQuery",
     "LimitQuery",
+    "NotifierDep",
     "NowDep",
     "OfflineAfterDep",
     "Page",
@@ -112,6 +115,11 @@ def _offline_after(request: Request) -> float:
     return seconds
 
 
+def _notifier(request: Request) -> Notifier:
+    notifier: Notifier = request.app.state.devices.notifier
+    return notifier
+
+
 def _checkins_written(request: Request) -> None:
     request.app.state.devices.checkins.flush()
 
@@ -121,6 +129,7 @@ SessionDep = Annotated[Session, Depends(_session)]
 CHECKINS_WRITTEN = Depends(_checkins_written)
 NowDep = Annotated[datetime.datetime, Depends(_now)]
 OfflineAfterDep = Annotated[float, Depends(_offline_after)]
+NotifierDep = Annotated[Notifier, Depends(_notifier)]
 LimitQuery = Annotated[
     int, Query(ge=1, le=MAX_PAGE, description=f"At most this many items (1-{MAX_PAGE}).")
 ]

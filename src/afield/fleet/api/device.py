@@ -5,13 +5,17 @@ the server side:
 
 * ``POST /api/v1/device/enroll`` (no signature: the token is the credential) checks the token
   (:mod:`afield.fleet.enrollment`), the CSR, issues the certificate from the fleet's CA
-  (:mod:`afield.fleet.ca`) and creates or re-keys the device record, all in one transaction:
-  a refused enrollment spends nothing. The device id is the FDO GUID the token was made for,
-  else a new random one.
-* ``GET /api/v1/device/desired?wait=S``: the desired state with an ``ETag``. With a matching
-  ``If-None-Match`` the request waits up to ``S`` seconds for the rollout runner to change it
+  (:mod:`afield.fleet.ca`) and creates or re-keys the device record, resolving the
+  applications its labels give it, all in one transaction: a refused enrollment spends
+  nothing. The device id is the FDO GUID the token was made for, else a new random one.
+* ``GET /api/v1/device/desired?wait=S``: the desired state with an ``ETag`` (the SHA-256 of
+  the JSON answered). With a matching ``If-None-Match`` the request waits up to ``S`` seconds
+  for the rollout runner or an application's write to change it
   (:class:`~afield.fleet.notify.Notifier`), then answers ``304``. A poll is a check-in,
-  written behind with the others of the same second (:mod:`afield.fleet.checkins`).
+  written behind with the others of the same second (:mod:`afield.fleet.checkins`). A poll is
+  one query: the device row with its desired release and its applications, stored resolved as
+  the JSON the answer carries (:mod:`afield.fleet.applications`), so the answer is spliced
+  from it and no selector is evaluated.
 * ``POST /api/v1/device/status``: the report updates the device's record and rollout phase
   (:func:`afield.fleet.reports.apply_report`) and rings the runner's doorbell.
 * ``POST /api/v1/enrollment-tokens`` (admin): ``count`` tokens for devices that did not
@@ -54,6 +58,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from afield.errors import AfieldError
 from afield.fleet.api.deps import ApiError, NowDep, SessionDep, record
+from afield.fleet.applications import refresh
 from afield.fleet.auth import AccessError, AdminDep
 from afield.fleet.ca import CsrError, DeviceCA
 from afield.fleet.checkins import CheckIns
@@ -121,11 +126,13 @@ class _Nonces:
 
 @dataclass(frozen=True)
 class _Signer:
-    """An authenticated device, as the row read to authenticate it."""
+    """An authenticated device, as the row read to authenticate it (``applications``: the
+    JSON text of its applications, None for none)."""
 
     device_id: str
     rollout_id: int | None
     desired: DesiredRelease | None
+    applications: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,8 +215,13 @@ class DeviceService:
 
     # -- desired state -------------------------------------------------------------------------
 
-    def desired_state(self, signer: _Signer) -> tuple[DesiredState, str]:
-        """The state and its ETag."""
+    def desired_state(self, signer: _Signer) -> tuple[bytes, str]:
+        """The state's JSON and its ETag (the JSON's SHA-256).
+
+        The applications are spliced in as stored (they are the wire JSON already), and left
+        out when there are none, so a device without applications gets the state it got before
+        they existed, ETag included.
+        """
         state = DesiredState(
             device_id=signer.device_id,
             release=signer.desired,
@@ -217,8 +229,11 @@ class DeviceService:
             repo_url=self.repo_url,
             poll_seconds=self.poll_seconds,
         )
-        digest = hashlib.sha256(state.model_dump_json().encode()).hexdigest()[:32]
-        return state, f'"{digest}"'
+        body = state.model_dump_json(exclude=_NO_APPLICATIONS).encode()
+        if signer.applications is not None:
+            body = b"".join((body[:-1], b',"applications":', signer.applications.encode(), b"}"))
+        digest = hashlib.sha256(body).hexdigest()[:32]
+        return body, f'"{digest}"'
 
     def reread(self, device_id: str) -> _Signer:
         """The device's desired release now (after a wake-up; no new check-in)."""
@@ -237,18 +252,18 @@ class DeviceService:
         try:
             signed = _Request("GET", target, b"")
             signer = await run_in_threadpool(self.authenticate_poll, auth, signed)
-            state, etag = self.desired_state(signer)
+            body, etag = self.desired_state(signer)
             if future is not None and _matches(etag, if_none_match):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(future), timeout=wait)
                 signer = await run_in_threadpool(self.reread, auth.device_id)
-                state, etag = self.desired_state(signer)
+                body, etag = self.desired_state(signer)
         finally:
             if future is not None:
                 self.notifier.forget(auth.device_id, future)
         if _matches(etag, if_none_match):
             return PollAnswer(304, etag, b"")
-        return PollAnswer(200, etag, state.model_dump_json().encode())
+        return PollAnswer(200, etag, body)
 
     # -- reports -------------------------------------------------------------------------------
 
@@ -287,7 +302,7 @@ class DeviceService:
                     details=event.details,
                 )
             session.commit()
-            signer = _Signer(device.id, device.rollout_id, desired)
+            signer = _Signer(device.id, device.rollout_id, desired, device.applications)
         if signer.rollout_id is not None:
             self.doorbell.ring()
         return self.desired_state(signer)[1]
@@ -332,7 +347,9 @@ class DeviceService:
             now=now,
             details={"serial": issued.serial, "guid": token.guid, "token_by": token.created_by},
         )
+        refreshed = refresh(session, [device_id])
         session.commit()
+        self.notifier.wake(refreshed.changed)
         return EnrollResponse(
             device_id=device_id,
             certificate=issued.certificate,
@@ -364,20 +381,27 @@ def _desired(release: Release | Any | None) -> DesiredRelease | None:
 
 
 def _with_desired(*columns: Any) -> Select[Any]:
-    """``columns`` of a device with its rollout and desired release, in one query."""
+    """``columns`` of a device with its rollout, desired release and applications, in one query."""
     return select(
-        *columns, Device.rollout_id, Release.image, Release.arch, Release.version, Release.commit
+        *columns,
+        Device.rollout_id,
+        Device.applications,
+        Release.image,
+        Release.arch,
+        Release.version,
+        Release.commit,
     ).outerjoin(Release, Release.id == Device.desired_release_id)
 
 
 # Built once: a poll is the hottest path of the server.
+_NO_APPLICATIONS = {"applications"}  # spliced in by desired_state, as stored
 _POLL = _with_desired(Device.public_key).where(Device.id == bindparam("device"))
 _REREAD = _with_desired().where(Device.id == bindparam("device"))
 
 
 def _signer(device_id: str, row: Any) -> _Signer:
     """The device of a :func:`_with_desired` row."""
-    return _Signer(device_id, row.rollout_id, _desired(row))
+    return _Signer(device_id, row.rollout_id, _desired(row), row.applications)
 
 
 def _in_body(errors: list[Any]) -> list[Any]:

@@ -8,6 +8,12 @@ offset would). Label filters are ``key=value`` equalities, all of which must hol
 SQL; the ``status`` filter uses :func:`afield.fleet.models.device_status` (the one definition of
 a status), so it is applied to the rows as they are read, a chunk at a time.
 
+Each device lists its ``applications``: every application it should run (its fleets' and its
+own, as resolved by :mod:`afield.fleet.applications`) or still reports, with the digest it
+should run beside the digest and state it reported, so an operator sees an application that
+runs old manifests, failed (and why) or was never reported. ``source`` (``fleet:NAME`` or
+``device``) is shown by ``GET /api/v1/devices/{id}`` only: lists leave it None.
+
 What it leaves to others: creating and updating devices (enrollment and the device API, later
 slices), the status definitions (:mod:`afield.fleet.models`).
 """
@@ -34,11 +40,13 @@ from afield.fleet.api.deps import (
     SessionDep,
     iso,
 )
+from afield.fleet.applications import decode, sources
 from afield.fleet.auth import ViewerDep
 from afield.fleet.models import Device, DeviceStatus, device_status
 from afield.fleet.policy import Selector, SelectorError
 
 __all__ = [
+    "DeviceApplication",
     "DeviceDesired",
     "DevicePublic",
     "DeviceRollout",
@@ -70,11 +78,57 @@ class DeviceDesired(BaseModel):
     commit: str
 
 
+class DeviceApplication(BaseModel):
+    """An application of a device: the digest it should run beside what it reported.
+
+    ``desired_digest`` None: the device should not run it (any more); ``reported_digest`` and
+    ``state`` None: the device has not reported it. ``up_to_date``: it reported the digest it
+    should run. ``source``: ``fleet:NAME`` or ``device`` (in the one-device view only).
+    """
+
+    name: str
+    source: str | None = None
+    desired_digest: str | None
+    reported_digest: str | None
+    state: str | None
+    reason: str
+    up_to_date: bool
+
+
+def device_applications(
+    device: Device, source: dict[str, str] | None = None
+) -> list[DeviceApplication]:
+    """The applications of ``device`` (see :class:`DeviceApplication`), by name."""
+    desired = {str(a.get("name")): str(a.get("digest")) for a in decode(device.applications)}
+    reported = {
+        str(s.get("name")): s
+        for s in (device.report or {}).get("applications") or []
+        if isinstance(s, dict)
+    }
+    shown = []
+    for name in sorted(desired.keys() | reported.keys()):
+        status = reported.get(name, {})
+        digest = status.get("digest")
+        shown.append(
+            DeviceApplication(
+                name=name,
+                source=(source or {}).get(name),
+                desired_digest=desired.get(name),
+                reported_digest=None if digest is None else str(digest),
+                state=None if status.get("state") is None else str(status["state"]),
+                reason=str(status.get("reason") or ""),
+                up_to_date=name in desired and digest == desired[name],
+            )
+        )
+    return shown
+
+
 class DevicePublic(BaseModel):
     """A device as the API shows it, with its derived summary ``status``.
 
     ``report`` is the device's last status report as it sent it (health checks that failed,
     the update in progress, the last rollback); see :class:`afield.fleet.protocol.StatusReport`.
+    ``applications``: see :class:`DeviceApplication`.
     """
 
     id: str
@@ -96,6 +150,7 @@ class DevicePublic(BaseModel):
     rolled_back_at: datetime.datetime | None
     rollout: DeviceRollout | None
     report: dict[str, Any]
+    applications: list[DeviceApplication]
 
 
 class DevicesPublic(Page):
@@ -104,8 +159,13 @@ class DevicesPublic(Page):
     data: list[DevicePublic]
 
 
-def device_public(device: Device, now: datetime.datetime, offline_after: float) -> DevicePublic:
-    """The API's view of ``device`` at ``now``."""
+def device_public(
+    device: Device,
+    now: datetime.datetime,
+    offline_after: float,
+    source: dict[str, str] | None = None,
+) -> DevicePublic:
+    """The API's view of ``device`` at ``now`` (``source``: where its applications come from)."""
     rollout = None
     if device.rollout_id is not None:
         rollout = DeviceRollout(
@@ -143,6 +203,7 @@ def device_public(device: Device, now: datetime.datetime, offline_after: float) 
         rolled_back_at=iso(device.rolled_back_at),
         rollout=rollout,
         report=dict(device.report or {}),
+        applications=device_applications(device, source),
     )
 
 
@@ -235,4 +296,4 @@ def show_device(
     device = session.get(Device, device_id)
     if device is None:
         raise ApiError(404, f"no device {device_id!r}", field="device_id")
-    return device_public(device, now, offline_after)
+    return device_public(device, now, offline_after, sources(session, device.id, device.labels))

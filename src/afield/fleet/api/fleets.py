@@ -6,7 +6,12 @@ A fleet is a name, a label selector (``site=berlin,tier!=lab``, parsed by
 what the API shows back parses to the same policy). A selector or policy that does not parse
 is 422 naming the field (``selector``, ``policy.batches[2]``) and listing every problem.
 A fleet with a rollout that is not over (running, paused or waiting for approval) cannot be
-deleted (409); deleting one deletes its finished rollouts. Every write records an event.
+deleted (409); deleting one deletes its finished rollouts and its applications. Every write
+records an event. A fleet's applications (:mod:`afield.fleet.api.applications`) go to the
+devices its selector matches, so changing the selector or deleting the fleet re-resolves the
+devices it matched and matches (:func:`afield.fleet.applications.refresh`) and wakes those whose
+applications changed; a new selector that would give a device more applications than it takes
+is refused (422, ``selector``).
 
 What it leaves to others: rollouts (:mod:`afield.fleet.api.rollouts`), which devices a fleet
 holds at a moment (the rollout runner, a later slice).
@@ -19,7 +24,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,6 +33,7 @@ from afield.fleet.api.deps import (
     ApiError,
     CursorQuery,
     LimitQuery,
+    NotifierDep,
     NowDep,
     Page,
     Problem,
@@ -41,8 +47,9 @@ from afield.fleet.api.releases import (
     find_release,
     release_public,
 )
+from afield.fleet.applications import matching_devices, refresh
 from afield.fleet.auth import AdminDep, ViewerDep
-from afield.fleet.models import Device, Fleet, Rollout
+from afield.fleet.models import Application, Device, Fleet, Rollout
 from afield.fleet.policy import RolloutPolicy, RolloutPolicyError, Selector, SelectorError
 from afield.fleet.rollout import Status
 
@@ -178,12 +185,17 @@ def _policy(raw: dict[str, Any] | None) -> dict[str, Any]:
     raise ApiError(422, f"{first.field}: {first.error}", field=first.field, problems=problems)
 
 
-def get_fleet(session: Session, name: str) -> Fleet:
-    """The fleet called ``name``; 404 if there is none."""
+def get_fleet(session: Session, name: str, *, field: str = "name") -> Fleet:
+    """The fleet called ``name``; 404 naming ``field`` (the parameter) if there is none."""
     fleet = session.scalars(select(Fleet).where(Fleet.name == name)).unique().one_or_none()
     if fleet is None:
-        raise ApiError(404, f"no fleet named {name!r}", field="name")
+        raise ApiError(404, f"no fleet named {name!r}", field=field)
     return fleet
+
+
+def _has_applications(session: Session, fleet: Fleet) -> bool:
+    query = select(Application.id).where(Application.fleet_id == fleet.id).limit(1)
+    return session.scalar(query) is not None
 
 
 @router.post("", status_code=201, operation_id="fleets-create")
@@ -244,14 +256,23 @@ def show_fleet(name: FleetPath, session: SessionDep, caller: ViewerDep) -> Fleet
 
 @router.patch("/{name}", operation_id="fleets-update")
 def update_fleet(
-    name: FleetPath, body: FleetUpdate, session: SessionDep, caller: AdminDep, now: NowDep
+    name: FleetPath,
+    body: FleetUpdate,
+    session: SessionDep,
+    caller: AdminDep,
+    now: NowDep,
+    notifier: NotifierDep,
 ) -> FleetPublic:
     """Change a fleet's selector, target release or policy (only the fields given)."""
     fleet = get_fleet(session, name)
     given = body.model_fields_set
     changes: dict[str, Any] = {}
+    reached: list[str] = []  # devices the old or the new selector matches, if that matters
     if "selector" in given:
-        fleet.selector = changes["selector"] = _selector(body.selector or "")
+        old, new = fleet.selector, _selector(body.selector or "")
+        fleet.selector = changes["selector"] = new
+        if new != old and _has_applications(session, fleet):
+            reached = matching_devices(session, [old, new])  # after the write: see refresh()
     if "policy" in given:
         fleet.policy = changes["policy"] = _policy(body.policy)
     if "target_release" in given:
@@ -261,14 +282,23 @@ def update_fleet(
         )
         changes["target_release"] = None if ref is None else str(ref)
     fleet.updated = now
+    refreshed = refresh(session, reached)
+    if refreshed.too_large:
+        problems = [Problem("selector", str(p)) for p in refreshed.too_large]
+        first = problems[0].error
+        raise ApiError(422, f"selector: {first}", field="selector", problems=problems)
     record(session, actor=caller.actor, kind="fleet.update", subject=name, now=now, details=changes)
     session.commit()
+    notifier.wake(refreshed.changed)
     return fleet_public(fleet)
 
 
 @router.delete("/{name}", status_code=204, operation_id="fleets-delete")
-def delete_fleet(name: FleetPath, session: SessionDep, caller: AdminDep, now: NowDep) -> Response:
-    """Delete a fleet and its finished rollouts; 409 while a rollout of it is not over."""
+def delete_fleet(
+    name: FleetPath, session: SessionDep, caller: AdminDep, now: NowDep, notifier: NotifierDep
+) -> Response:
+    """Delete a fleet, its finished rollouts and its applications; 409 while a rollout of it
+    is not over."""
     fleet = get_fleet(session, name)
     rollouts = session.scalars(select(Rollout).where(Rollout.fleet_id == fleet.id)).unique().all()
     active = [r for r in rollouts if r.status in ACTIVE]
@@ -289,7 +319,12 @@ def delete_fleet(name: FleetPath, session: SessionDep, caller: AdminDep, now: No
         )
     for rollout in rollouts:
         session.delete(rollout)
+    removed = session.execute(delete(Application).where(Application.fleet_id == fleet.id))
+    reached = []  # read after the write: see afield.fleet.applications.refresh
+    if getattr(removed, "rowcount", 0):
+        reached = matching_devices(session, [fleet.selector])
     session.delete(fleet)
+    refreshed = refresh(session, reached)
     record(
         session,
         actor=caller.actor,
@@ -299,4 +334,5 @@ def delete_fleet(name: FleetPath, session: SessionDep, caller: AdminDep, now: No
         details={"rollouts": ids},
     )
     session.commit()
+    notifier.wake(refreshed.changed)
     return Response(status_code=204)
