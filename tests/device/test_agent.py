@@ -64,6 +64,8 @@ from afield.fleet.protocol import (
 from afield.image import open_repository
 from afield.release import init_repository
 from afield.trust import Keyring
+from afield.workloads.apps import Applications
+from afield.workloads.podman import Podman
 from tests.conftest import Composed, afield
 from tests.device.conftest import NewDevice, Site
 from tests.device.images import commit_image
@@ -600,6 +602,60 @@ def test_a_release_that_fails_its_checks_rolls_back_and_is_refused_after(fleet: 
     again = _once(device)
     assert again.action == "refuse" and again.update is None and again.boots == []
     assert all(e["event"] != "update staged" for e in device.state.events()[events:])
+
+
+def _shop(image: str, port: int) -> str:
+    """A web application whose readiness probe passes only when it listens on 8080."""
+    return f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: shop}}
+spec:
+  template:
+    spec:
+      containers:
+      - name: web
+        image: {image}
+        command: [sh, -c, 'mkdir -p /www && httpd -f -p {port} -h /www & trap "exit 0" TERM; wait']
+        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+"""
+
+
+@pytest.mark.root
+@pytest.mark.podman
+def test_the_agent_runs_the_fleets_applications_and_reports_them(
+    fleet: Fleet, busybox_image: str, tmp_path: Path
+) -> None:
+    device = fleet.device()
+    device_id = _once(device).device_id
+    fleet.roll_out("1.0.0")
+    put = fleet.admin.put(
+        "/api/v1/fleets/lab/applications/shop", json={"manifests": _shop(busybox_image, 8080)}
+    )
+    assert put.status_code in (200, 201), put.text
+    apps = Applications(device.state.directory / "applications", timeout=8)
+    try:
+        assert _once(device, applications=apps).action == "idle"
+        shown = fleet.shown(device_id)["applications"]
+        assert [(a["name"], a["state"]) for a in shown] == [("shop", "ready")]
+        assert Podman().pods("app.shop") != []
+
+        # An update that never becomes ready: rolled back on the device, failed on the server.
+        fleet.admin.put(
+            "/api/v1/fleets/lab/applications/shop", json={"manifests": _shop(busybox_image, 8081)}
+        )
+        _once(device, applications=apps)
+        (failed,) = fleet.shown(device_id)["applications"]
+        assert failed["state"] == "failed" and "rolled back to" in failed["reason"]
+        assert len(Podman().pods("app.shop")) == 1
+
+        # Removed from the fleet: removed from the device.
+        assert fleet.admin.delete("/api/v1/fleets/lab/applications/shop").status_code == 204
+        _once(device, applications=apps)
+        assert Podman().pods("app.shop") == []
+        assert fleet.shown(device_id)["applications"] == []
+    finally:
+        apps.reconcile([])
 
 
 @pytest.mark.root

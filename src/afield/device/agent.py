@@ -58,6 +58,7 @@ from afield.errors import AfieldError, DeviceError, TransportError, TrustError
 from afield.fleet.protocol import (
     NAME,
     VERSION,
+    ApplicationStatus,
     DesiredState,
     HealthReport,
     Rollback,
@@ -67,6 +68,7 @@ from afield.fleet.protocol import (
 )
 from afield.ostree import Deployment
 from afield.trust import ReleaseTarget, TrustedUpdater, version_key
+from afield.workloads.apps import Applications, Wanted
 
 __all__ = [
     "Action",
@@ -155,7 +157,11 @@ def _rollback_of(event: dict[str, Any]) -> Rollback:
     )
 
 
-def status_report(device: Device, update: UpdateProgress | None = None) -> StatusReport:
+def status_report(
+    device: Device,
+    update: UpdateProgress | None = None,
+    applications: list[ApplicationStatus] | None = None,
+) -> StatusReport:
     """What the device runs now, as the fleet manager's :class:`StatusReport`."""
     deployments = device.deployments()
     booted = _booted(device)
@@ -173,6 +179,7 @@ def status_report(device: Device, update: UpdateProgress | None = None) -> Statu
         health=_health(device, booted) if booted is not None else None,
         update=update,
         rolled_back=_rollback_of(rollbacks[-1]) if rollbacks else None,
+        applications=applications,
     )
 
 
@@ -250,6 +257,10 @@ class AgentOptions:
         max_boots: simulated boots after an update before giving up on reaching a decision.
         progress_every: seconds between progress reports while downloading.
         executor_factory: how the simulator runs health checks.
+        applications: runs the fleet manager's applications (default: podman, with state in
+            the device's ``/var/lib/afield/applications``).
+        app_timeout: seconds an updated application has to become ready before it is rolled
+            back to its previous manifests.
         log: told one line per thing the agent does.
     """
 
@@ -263,6 +274,8 @@ class AgentOptions:
     max_boots: int = 10
     progress_every: float = 10.0
     executor_factory: ExecutorFactory = bubblewrap_executor
+    applications: Applications | None = None
+    app_timeout: float = 300.0
     sleep: Callable[[float], None] = time.sleep
     log: Callable[[str], None] = _quiet
 
@@ -299,6 +312,8 @@ class Agent:
         self.desired: DesiredState | None = None
         self.etag: str | None = None
         self.progress = UpdateProgress(state="idle")
+        self.app_statuses: list[ApplicationStatus] | None = None
+        self._apps = self.options.applications
         self._sent: StatusReport | None = None
         self._client: FleetClient | None = None
         self._identity = load_identity(device)
@@ -376,7 +391,7 @@ class Agent:
 
     def report(self, *, force: bool = False) -> None:
         """Send the status report if it changed since the last one sent (or ``force``)."""
-        report = status_report(self.device, self.progress)
+        report = status_report(self.device, self.progress, self.app_statuses)
         if force or report != self._sent:
             self.client.report(report)
             self._sent = report
@@ -424,8 +439,42 @@ class Agent:
             self.report()
             self._reboot(result)
         if not result.exit:
+            self._run_applications()
             self.report()
         return result
+
+    @property
+    def applications(self) -> Applications:
+        """The device's runtime applications (created on first use: podman is only needed by
+        a device that is sent applications)."""
+        if self._apps is None:
+            self._apps = Applications(
+                self.device.state.directory / "applications",
+                timeout=self.options.app_timeout,
+                log=self.options.log,
+            )
+        return self._apps
+
+    def _run_applications(self) -> None:
+        """Apply, update or remove the desired applications; keep their statuses to report.
+
+        An old fleet manager sends no applications and is sent no statuses; a device that runs
+        none and is sent none reports none."""
+        wanted = list(self.desired.applications) if self.desired is not None else []
+        if not wanted and self._apps is None and not self._has_applications():
+            return
+        statuses = self.applications.reconcile(
+            [Wanted(a.name, a.manifests, tuple(a.images), a.digest) for a in wanted]
+        )
+        self.app_statuses = [
+            ApplicationStatus(name=s.name, digest=s.digest, state=s.state, reason=s.reason[:500])
+            for s in statuses
+        ]
+
+    def _has_applications(self) -> bool:
+        return (self.device.state.directory / "applications").is_dir() and bool(
+            any((self.device.state.directory / "applications").iterdir())
+        )
 
     def _install(self, result: StepResult) -> bool:
         assert self.desired is not None and self.desired.release is not None  # noqa: S101

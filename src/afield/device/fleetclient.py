@@ -35,6 +35,7 @@ from afield.errors import FleetError, TransportError
 from afield.fleet.protocol import (
     DESIRED_PATH,
     ENROLL_PATH,
+    MAX_DESIRED_BYTES,
     MAX_WAIT,
     STATUS_PATH,
     DesiredState,
@@ -46,8 +47,9 @@ from afield.fleet.protocol import (
 
 __all__ = ["MAX_RESPONSE", "FleetClient", "FleetRefusedError"]
 
-MAX_RESPONSE = 1 << 20
-"""The largest answer the device reads from the fleet manager, bytes."""
+MAX_RESPONSE = MAX_DESIRED_BYTES
+"""The largest answer the device reads from the fleet manager, bytes: the largest desired state
+the fleet manager sends (it refuses applications that would make it larger)."""
 
 M = TypeVar("M", bound=BaseModel)
 
