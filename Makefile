@@ -31,6 +31,7 @@ bench: bootstrap
 	$(PY) benchmarks/fdo.py
 	$(PY) benchmarks/fleet.py
 	$(PY) benchmarks/fleet_scale.py
+	$(PY) benchmarks/workloads.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache _demo
