@@ -1,10 +1,14 @@
 """Kubernetes manifests as podman plays them: parsed with limits, checked, laid out.
 
+This module is pure (no podman, no I/O but reading the files it is given) and is the one part of
+:mod:`afield.workloads` the builder (compose checks baked manifests) and the fleet manager
+(it checks an application when it is set) import; the import contracts keep it that way.
+
 Manifests are untrusted bytes (a blueprint's directory, a fleet manager's message), so they are
 read with :func:`yaml.safe_load` through a loader that refuses aliases (no "billion laughs"),
-under size and count limits, and every document is checked against what ``podman kube play``
-(4.3, Debian 12) really does: :data:`SUPPORTED` kinds only, one replica, images named, probes in
-the shapes :mod:`afield.workloads.podman` runs. A problem is a :class:`ManifestError` naming the
+under size and count limits, and every document is checked (``_schema``) against what
+``podman kube play`` (4.3, Debian 12) really does: :data:`SUPPORTED` kinds only, one replica,
+images named, probes in the shapes :mod:`afield.workloads.podman` runs. A problem is a :class:`ManifestError` naming the
 origin (file), the document (1-based) and the field, found at compose time or when the fleet
 manager accepts an application, never on the device.
 
@@ -19,9 +23,6 @@ baked one of the same name.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -30,6 +31,15 @@ from typing import Any
 import yaml
 
 from afield.errors import ManifestError
+from afield.workloads._schema import (
+    DNS_LABEL,
+    SUPPORTED,
+    Resource,
+    check_document,
+    mapping,
+    no_duplicates,
+    strings,
+)
 
 __all__ = [
     "BAKED_DIR",
@@ -55,14 +65,6 @@ __all__ = [
 MAX_BYTES = 1 << 20
 #: The most documents in one file, and the most resources in one source.
 MAX_DOCUMENTS = 256
-#: Kinds ``podman kube play`` 4.3 plays, with the apiVersion each must carry.
-SUPPORTED = {
-    "Pod": "v1",
-    "Deployment": "apps/v1",
-    "ConfigMap": "v1",
-    "Secret": "v1",
-    "PersistentVolumeClaim": "v1",
-}
 #: The label afield puts on every pod it plays: the workload (source or application) it came from.
 LABEL = "afield.io/workload"
 #: The label naming the Pod or Deployment a pod was played from.
@@ -73,35 +75,6 @@ KUSTOMIZATIONS = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 KUSTOMIZE_KEYS = frozenset(
     {"apiVersion", "kind", "resources", "namespace", "commonLabels", "commonAnnotations", "images"}
 )
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
-_PROBE_KINDS = ("exec", "tcpSocket", "httpGet")
-_PROBE_NUMBERS = (
-    "initialDelaySeconds",
-    "periodSeconds",
-    "timeoutSeconds",
-    "successThreshold",
-    "failureThreshold",
-)
-
-
-@dataclass(frozen=True)
-class Resource:
-    """One Kubernetes object: its kind, name, the document, and where it came from."""
-
-    kind: str
-    name: str
-    document: Mapping[str, Any]
-    origin: str
-
-    def pod_spec(self) -> Mapping[str, Any] | None:
-        """The pod spec of a Pod or a Deployment's template; None for other kinds."""
-        if self.kind == "Pod":
-            return self.document["spec"]  # type: ignore[no-any-return]
-        if self.kind == "Deployment":
-            return self.document["spec"]["template"]["spec"]  # type: ignore[no-any-return]
-        return None
 
 
 @dataclass(frozen=True)
@@ -151,8 +124,8 @@ def parse(text: str | bytes, origin: str) -> list[Resource]:
         raise ManifestError(f"{origin}: nested too deeply") from None
     if not documents:
         raise ManifestError(f"{origin}: no Kubernetes documents")
-    resources = [_resource(doc, f"{origin}, document {i}") for i, doc in enumerate(documents, 1)]
-    _no_duplicates(resources)
+    resources = [check_document(d, f"{origin}, document {i}") for i, d in enumerate(documents, 1)]
+    no_duplicates(resources)
     return resources
 
 
@@ -161,161 +134,6 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
         mark = error.problem_mark
         return f"{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
     return str(error).splitlines()[0] if str(error) else type(error).__name__
-
-
-def _resource(document: Any, where: str) -> Resource:
-    if not isinstance(document, dict):
-        raise ManifestError(f"{where}: a Kubernetes object (a mapping) is expected")
-    kind = document.get("kind")
-    if not isinstance(kind, str):
-        raise ManifestError(f"{where}: kind: missing; one of {_kinds()} is expected")
-    if kind not in SUPPORTED:
-        raise ManifestError(
-            f"{where}: kind {kind!r} is not played by podman; supported: {_kinds()}"
-        )
-    version = document.get("apiVersion")
-    if version != SUPPORTED[kind]:
-        raise ManifestError(
-            f"{where}: apiVersion {version!r} for {kind}; {SUPPORTED[kind]!r} is expected"
-        )
-    metadata = _mapping(document.get("metadata"), f"{where}: metadata")
-    name = metadata.get("name")
-    pattern = _DNS_LABEL if kind in ("Pod", "Deployment") else _DNS_SUBDOMAIN
-    if not isinstance(name, str) or not pattern.match(name):
-        raise ManifestError(
-            f"{where}: metadata.name {name!r}: a DNS name (lower-case letters, digits, '-') "
-            "is expected"
-        )
-    _labels(metadata, f"{where} ({kind} {name}): metadata")
-    where = f"{where} ({kind} {name})"
-    check = _CHECKS.get(kind)
-    if check is not None:
-        check(document, where)
-    return Resource(kind, name, document, where)
-
-
-def _kinds() -> str:
-    return ", ".join(SUPPORTED)
-
-
-def _mapping(value: Any, where: str, *, required: bool = True) -> dict[str, Any]:
-    if value is None and not required:
-        return {}
-    if not isinstance(value, dict):
-        raise ManifestError(f"{where}: a mapping is expected")
-    return value
-
-
-def _labels(metadata: Mapping[str, Any], where: str) -> None:
-    for field in ("labels", "annotations"):
-        values = _mapping(metadata.get(field), f"{where}.{field}", required=False)
-        for key, value in values.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise ManifestError(f"{where}.{field}: {key!r}: string keys and values expected")
-
-
-def _check_pod(document: Mapping[str, Any], where: str) -> None:
-    _check_pod_spec(_mapping(document.get("spec"), f"{where}: spec"), f"{where}: spec")
-
-
-def _check_deployment(document: Mapping[str, Any], where: str) -> None:
-    spec = _mapping(document.get("spec"), f"{where}: spec")
-    replicas = spec.get("replicas", 1)
-    if replicas not in (0, 1) or isinstance(replicas, bool):
-        raise ManifestError(f"{where}: spec.replicas {replicas!r}: podman plays 0 or 1 replica")
-    template = _mapping(spec.get("template"), f"{where}: spec.template")
-    _labels(
-        _mapping(template.get("metadata"), f"{where}: spec.template.metadata", required=False),
-        f"{where}: spec.template.metadata",
-    )
-    _check_pod_spec(
-        _mapping(template.get("spec"), f"{where}: spec.template.spec"),
-        f"{where}: spec.template.spec",
-    )
-
-
-def _check_pod_spec(spec: Mapping[str, Any], where: str) -> None:
-    for field in ("containers", "initContainers"):
-        containers = spec.get(field, [] if field == "initContainers" else None)
-        if not isinstance(containers, list) or (field == "containers" and not containers):
-            raise ManifestError(f"{where}.{field}: a list of containers is expected")
-        names: set[str] = set()
-        for index, container in enumerate(containers):
-            at = f"{where}.{field}[{index}]"
-            container = _mapping(container, at)
-            name = container.get("name")
-            if not isinstance(name, str) or not _DNS_LABEL.match(name):
-                raise ManifestError(f"{at}.name {name!r}: a DNS label is expected")
-            if name in names:
-                raise ManifestError(f"{at}.name {name!r}: used twice in one pod")
-            names.add(name)
-            image = container.get("image")
-            if not isinstance(image, str) or not _IMAGE.match(image):
-                raise ManifestError(f"{at}.image {image!r}: an image reference is expected")
-            for argv in ("command", "args"):
-                value = container.get(argv)
-                if value is not None and not _strings(value):
-                    raise ManifestError(f"{at}.{argv}: a list of strings is expected")
-            if "readinessProbe" in container:
-                _check_probe(container["readinessProbe"], f"{at}.readinessProbe")
-
-
-def _check_probe(probe: Any, where: str) -> None:
-    probe = _mapping(probe, where)
-    given = [kind for kind in _PROBE_KINDS if kind in probe]
-    if len(given) != 1:
-        raise ManifestError(f"{where}: exactly one of {', '.join(_PROBE_KINDS)} is expected")
-    action = _mapping(probe[given[0]], f"{where}.{given[0]}")
-    if given[0] == "exec":
-        if not _strings(action.get("command")) or not action["command"]:
-            raise ManifestError(f"{where}.exec.command: a non-empty list of strings is expected")
-    else:
-        port = action.get("port")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ManifestError(f"{where}.{given[0]}.port {port!r}: a port number is expected")
-        path = action.get("path", "/")
-        if given[0] == "httpGet" and (not isinstance(path, str) or not path.startswith("/")):
-            raise ManifestError(f"{where}.httpGet.path {path!r}: an absolute path is expected")
-    for field in _PROBE_NUMBERS:
-        value = probe.get(field)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3600
-        ):
-            raise ManifestError(f"{where}.{field} {value!r}: 0 to 3600 is expected")
-
-
-def _check_config(document: Mapping[str, Any], where: str) -> None:
-    for field in ("data", "stringData", "binaryData"):
-        values = _mapping(document.get(field), f"{where}: {field}", required=False)
-        for key, value in values.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise ManifestError(f"{where}: {field}.{key}: a string value is expected")
-            if field == "binaryData" or (field == "data" and document["kind"] == "Secret"):
-                try:
-                    base64.b64decode(value, validate=True)
-                except binascii.Error:
-                    raise ManifestError(f"{where}: {field}.{key}: base64 is expected") from None
-
-
-_CHECKS = {
-    "Pod": _check_pod,
-    "Deployment": _check_deployment,
-    "ConfigMap": _check_config,
-    "Secret": _check_config,
-}
-
-
-def _strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-def _no_duplicates(resources: Iterable[Resource]) -> None:
-    seen: dict[tuple[str, str], str] = {}
-    for resource in resources:
-        key = (resource.kind, resource.name)
-        if key in seen:
-            raise ManifestError(f"{resource.origin}: also defined at {seen[key]}")
-        seen[key] = resource.origin
 
 
 # -- directories and kustomizations ------------------------------------------------------------
@@ -339,7 +157,7 @@ def load_directory(directory: Path) -> list[Resource]:
         resources = _kustomize(kustomization, directory, depth=0)
     if len(resources) > MAX_DOCUMENTS:
         raise ManifestError(f"{directory}: more than {MAX_DOCUMENTS} resources")
-    _no_duplicates(resources)
+    no_duplicates(resources)
     return resources
 
 
@@ -375,7 +193,7 @@ def _read(path: Path, root: Path) -> bytes:
 def _kustomize(path: Path, root: Path, *, depth: int) -> list[Resource]:
     if depth > 8:
         raise ManifestError(f"{path}: kustomizations nested more than 8 deep")
-    documents = parse_yaml_mapping(_read(path, root), str(path))
+    documents = parse_yamlmapping(_read(path, root), str(path))
     unknown = sorted(set(documents) - KUSTOMIZE_KEYS)
     if unknown:
         raise ManifestError(
@@ -383,7 +201,7 @@ def _kustomize(path: Path, root: Path, *, depth: int) -> list[Resource]:
             f"supported: {', '.join(sorted(KUSTOMIZE_KEYS))}"
         )
     entries = documents.get("resources", [])
-    if not _strings(entries) or not entries:
+    if not strings(entries) or not entries:
         raise ManifestError(f"{path}: resources: a non-empty list of relative paths is expected")
     resources: list[Resource] = []
     for entry in entries:
@@ -403,7 +221,7 @@ def _kustomize(path: Path, root: Path, *, depth: int) -> list[Resource]:
     return _customized(resources, documents, path)
 
 
-def parse_yaml_mapping(data: bytes, origin: str) -> dict[str, Any]:
+def parse_yamlmapping(data: bytes, origin: str) -> dict[str, Any]:
     """One YAML mapping (a kustomization), under the same limits as manifests."""
     try:
         document = yaml.load(data.decode("utf-8"), Loader=_Loader)  # noqa: S506  # safe loader
@@ -412,7 +230,7 @@ def parse_yaml_mapping(data: bytes, origin: str) -> dict[str, Any]:
         raise ManifestError(f"{origin}: not valid YAML: {problem}") from None
     except RecursionError:
         raise ManifestError(f"{origin}: nested too deeply") from None
-    return _mapping(document, origin)
+    return mapping(document, origin)
 
 
 def _customized(
@@ -421,9 +239,7 @@ def _customized(
     labels = _string_map(kustomization.get("commonLabels"), f"{path}: commonLabels")
     annotations = _string_map(kustomization.get("commonAnnotations"), f"{path}: commonAnnotations")
     namespace = kustomization.get("namespace")
-    if namespace is not None and (
-        not isinstance(namespace, str) or not _DNS_LABEL.match(namespace)
-    ):
+    if namespace is not None and (not isinstance(namespace, str) or not DNS_LABEL.match(namespace)):
         raise ManifestError(f"{path}: namespace {namespace!r}: a DNS label is expected")
     images = _image_overrides(kustomization.get("images"), path)
     out = []
@@ -447,7 +263,7 @@ def _customized(
 
 
 def _string_map(value: Any, where: str) -> dict[str, str]:
-    values = _mapping(value, where, required=False)
+    values = mapping(value, where, required=False)
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
         raise ManifestError(f"{where}: string keys and values are expected")
     return values
