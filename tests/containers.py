@@ -190,3 +190,13 @@ def push(tag: str, registry: str) -> str:
         f"containers-storage:{tag}", f"docker://{reference}",
     )  # fmt: skip
     return reference
+
+
+def corrupt_blob(registry_dir: Path, digest: str) -> None:
+    """Flip a byte near the end of a blob in the registry's storage (its gzip trailer)."""
+    hexdigest = digest.removeprefix("sha256:")
+    data_file = registry_dir / "storage/docker/registry/v2/blobs/sha256" / hexdigest[:2]
+    data_file = data_file / hexdigest / "data"
+    data = bytearray(data_file.read_bytes())
+    data[-6] ^= 0xFF
+    data_file.write_bytes(bytes(data))

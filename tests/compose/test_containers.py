@@ -31,7 +31,14 @@ from afield.errors import ComposeError, StageError
 from afield.image import image_info, open_repository
 from afield.ostree import Repo
 from tests.conftest import EXAMPLE, fresh_cache, keep_debs
-from tests.containers import build_busybox_image, local_registry, push, remove_image, save_archive
+from tests.containers import (
+    build_busybox_image,
+    corrupt_blob,
+    local_registry,
+    push,
+    remove_image,
+    save_archive,
+)
 
 EPOCH = 1767225600
 ARCH = {"x86_64": "amd64", "aarch64": "arm64"}[platform.machine()]
@@ -146,16 +153,6 @@ def run_baked(tree: Path, scratch: Path, image: str, *argv: str) -> str:
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result.stdout
-
-
-def corrupt_blob(registry_dir: Path, digest: str) -> None:
-    """Flip a byte near the end of a blob in the registry's storage (its gzip trailer)."""
-    hexdigest = digest.removeprefix("sha256:")
-    data_file = registry_dir / "storage/docker/registry/v2/blobs/sha256" / hexdigest[:2]
-    data_file = data_file / hexdigest / "data"
-    data = bytearray(data_file.read_bytes())
-    data[-6] ^= 0xFF
-    data_file.write_bytes(bytes(data))
 
 
 def free_port() -> int:

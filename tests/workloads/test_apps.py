@@ -13,6 +13,7 @@ import pytest
 from afield.workloads import baked, manifests
 from afield.workloads.apps import Applications, Wanted
 from afield.workloads.podman import Podman
+from tests.containers import build_busybox_image, corrupt_blob, local_registry, push, remove_image
 from tests.workloads.test_podman import _source, web
 
 pytestmark = [pytest.mark.podman, pytest.mark.root]
@@ -141,3 +142,39 @@ def _eventually_page(name: str) -> str:
             return text
         time.sleep(0.5)
     return page(name)
+
+
+def test_images_are_pulled_and_a_tampered_layer_changes_nothing(
+    tmp_path: Path, app_image: str, pods: None
+) -> None:
+    # Threat: a registry (or a man in the middle) serving a layer whose bytes do not match the
+    # digest the image's manifest pins. podman verifies it; the update fails and v1 keeps serving.
+    v2_local = build_busybox_image(f"{app_image}-v2", {"/www/index.html": b"v2\n"}, base=app_image)
+    with local_registry(tmp_path / "registry") as registry:
+        registries = tmp_path / "registries.conf"
+        registries.write_text(f'[[registry]]\nlocation = "{registry}"\ninsecure = true\n')
+        podman = Podman(env={"CONTAINERS_REGISTRIES_CONF": str(registries)})
+        v1_image = push(app_image, registry)
+        v2_image = push(v2_local, registry)
+        remove_image(v2_local)
+        apps = Applications(tmp_path / "applications", podman, timeout=20)
+        try:
+            (ready,) = apps.reconcile([wanted("shop", web(v1_image, "shop"), (v1_image,))])
+            assert ready.state == "ready", ready.reason
+            assert podman.image_exists(v1_image)
+            manifest = json.loads(
+                subprocess.run(
+                    ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{v2_image}"],
+                    capture_output=True, check=True,
+                ).stdout
+            )  # fmt: skip
+            corrupt_blob(tmp_path / "registry", manifest["layers"][-1]["digest"])
+            (failed,) = apps.reconcile([wanted("shop", web(v2_image, "shop"))])
+            assert failed.state == "failed"
+            assert failed.reason.startswith(f"image {v2_image}: podman pull"), failed.reason
+            assert "Digest did not match" in failed.reason, failed.reason
+            assert not podman.image_exists(v2_image)
+            assert page("shop") == "hello from shop"
+        finally:
+            apps.reconcile([])
+            remove_image(v1_image)
