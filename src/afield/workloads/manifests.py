@@ -8,9 +8,9 @@ Manifests are untrusted bytes (a blueprint's directory, a fleet manager's messag
 read with :func:`yaml.safe_load` through a loader that refuses aliases (no "billion laughs"),
 under size and count limits, and every document is checked (``_schema``) against what
 ``podman kube play`` (4.3, Debian 12) really does: :data:`SUPPORTED` kinds only, one replica,
-images named, probes in the shapes :mod:`afield.workloads.podman` runs. A problem is a :class:`ManifestError` naming the
-origin (file), the document (1-based) and the field, found at compose time or when the fleet
-manager accepts an application, never on the device.
+images named, probes in the shapes :mod:`afield.workloads.podman` runs. A problem is a
+:class:`ManifestError` naming the origin (file), the document (1-based) and the field, found at
+compose time or when the fleet manager accepts an application, never on the device.
 
 A source directory holds either a ``kustomization.yaml`` (the subset afield implements:
 ``resources``, ``namespace``, ``commonLabels``, ``commonAnnotations``, ``images``) or plain
