@@ -51,7 +51,6 @@ import platform
 import random
 import shutil
 import socket
-import stat
 import statistics
 import subprocess
 import sys
@@ -73,6 +72,7 @@ sys.path.insert(0, str(ROOT))  # tests.containers: the local registry
 
 from tests.containers import local_registry  # noqa: E402
 
+from _workload import tree_size  # noqa: E402
 from afield.compose.stages.containers import GRAPHROOT, RUNROOT, STORE, storage_conf  # noqa: E402
 from afield.workloads import manifests  # noqa: E402
 from afield.workloads.manifests import Resource  # noqa: E402
@@ -188,18 +188,6 @@ def unmount_all(path: Path) -> None:
     """Unmount whatever is mounted under ``path`` (shm of a pod podman did not clean up)."""
     for point in _mounts_under(path):
         subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
-
-
-def tree_bytes(path: Path) -> tuple[int, int]:
-    """``(files, bytes)`` of the regular files under ``path`` (apparent sizes)."""
-    files = size = 0
-    for top, _dirs, names in os.walk(path):
-        for name in names:
-            st = os.lstat(os.path.join(top, name))
-            if stat.S_ISREG(st.st_mode):
-                files += 1
-                size += st.st_size
-    return files, size
 
 
 def _mb(n: float) -> str:
@@ -528,11 +516,11 @@ def measure_ostree(trees: Mapping[int, Path], scratch: Path, say: Log) -> dict[s
         ).strip()  # fmt: skip
     updates: dict[str, Any] = {}
     for update, (old, new) in UPDATES.items():
-        before = tree_bytes(repo / "deltas") if (repo / "deltas").exists() else (0, 0)
+        before = tree_size(repo / "deltas") if (repo / "deltas").exists() else (0, 0)
         began = time.perf_counter()
         run([*ostree, "static-delta", "generate", f"--from={commits[old]}", f"--to={commits[new]}"])
         seconds = time.perf_counter() - began
-        after = tree_bytes(repo / "deltas")
+        after = tree_size(repo / "deltas")
         # An object pull: what a repository holding the old commit adds to get the new one.
         client = scratch / "ostree" / f"client-{new}"
         client.mkdir()
@@ -560,12 +548,12 @@ def measure_ostree(trees: Mapping[int, Path], scratch: Path, say: Log) -> dict[s
             f"ostree, {update}: delta {_mb(after[1] - before[1])}, object pull "
             f"{_mb(sum(added.values()))} ({len(added)} objects)"
         )
-    stores = {v: tree_bytes(tree / STORE.lstrip("/")) for v, tree in trees.items()}
+    stores = {v: tree_size(tree / STORE.lstrip("/")) for v, tree in trees.items()}
     return {
         "commits": commits,
         "updates": updates,
         "store_raw": {str(v): {"files": f, "bytes": b} for v, (f, b) in stores.items()},
-        "repo_objects_bytes": tree_bytes(repo / "objects")[1],
+        "repo_objects_bytes": tree_size(repo / "objects")[1],
     }
 
 
@@ -658,7 +646,7 @@ def measure_registry(
                 first = proxy.reset()
                 fresh.podman.run("pull", "--quiet", "--tls-verify=false", via[new])
                 counted = proxy.reset()
-                disk = tree_bytes(fresh.graphroot)[1]
+                disk = tree_size(fresh.graphroot)[1]
             updates[update] = {
                 "manifest_bytes": len(raw),
                 "config_bytes": manifest["config"]["size"],
@@ -768,7 +756,7 @@ def measure_memory(scratch: Path, baked: Path, agent_mb: float, say: Log) -> dic
         fresh.podman.play(manifest, network=NETWORK)
         until_ready(fresh.podman, resources)
         groups = podman_processes(fresh)
-        disk = tree_bytes(fresh.graphroot)[1]
+        disk = tree_size(fresh.graphroot)[1]
         ticks = {pid: _cpu_ticks(pid) for pids in groups.values() for pid in pids}
         time.sleep(IDLE_WINDOW)
         for role, pids in groups.items():

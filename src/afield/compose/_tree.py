@@ -146,6 +146,21 @@ def resolve_in_tree(tree: Path, path: str) -> Path:
     return tree.joinpath(*resolved)
 
 
+def make_parents(tree: Path, path: str) -> Path:
+    """Create the missing parents of ``path`` in the tree, each 0755 whatever the umask; where
+    ``path`` is (see :func:`resolve_in_tree`)."""
+    target = resolve_in_tree(tree, path)
+    missing: list[Path] = []
+    parent = target.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o755)
+        directory.chmod(0o755)
+    return target
+
+
 def _lookup(tree: Path, database: str, name: str) -> int | None:
     path = tree / "etc" / database
     if not path.is_file():

@@ -445,8 +445,8 @@ class Agent:
 
     @property
     def applications(self) -> Applications:
-        """The device's runtime applications (created on first use: podman is only needed by
-        a device that is sent applications)."""
+        """The device's runtime applications (podman runs only for a device that has or is
+        sent some)."""
         if self._apps is None:
             self._apps = Applications(
                 self.device.state.directory / "applications",
@@ -461,7 +461,7 @@ class Agent:
         An old fleet manager sends no applications and is sent no statuses; a device that runs
         none and is sent none reports none."""
         wanted = list(self.desired.applications) if self.desired is not None else []
-        if not wanted and self._apps is None and not self._has_applications():
+        if not wanted and not self.applications.installed():
             return
         statuses = self.applications.reconcile(
             [Wanted(a.name, a.manifests, tuple(a.images), a.digest) for a in wanted]
@@ -470,11 +470,6 @@ class Agent:
             ApplicationStatus(name=s.name, digest=s.digest, state=s.state, reason=s.reason[:500])
             for s in statuses
         ]
-
-    def _has_applications(self) -> bool:
-        return (self.device.state.directory / "applications").is_dir() and bool(
-            any((self.device.state.directory / "applications").iterdir())
-        )
 
     def _install(self, result: StepResult) -> bool:
         assert self.desired is not None and self.desired.release is not None  # noqa: S101

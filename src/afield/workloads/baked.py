@@ -48,7 +48,8 @@ class Baked:
 
 
 def load(root: Path = Path("/"), run_dir: Path = RUN_DIR) -> list[Baked]:
-    """Every source under ``root``, rendered into ``run_dir``."""
+    """Every source under ``root``, with where :func:`up` renders it in ``run_dir`` (nothing
+    is written here: ``wait`` and ``status`` only read)."""
     out = []
     for source in manifests.sources(root):
         workload = PREFIX + source.name
@@ -59,10 +60,6 @@ def load(root: Path = Path("/"), run_dir: Path = RUN_DIR) -> list[Baked]:
         except ManifestError as error:
             out.append(Baked(source, workload, rendered, error=str(error)))
             continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        temporary = rendered.with_suffix(".tmp")
-        temporary.write_text(manifests.render(resources))
-        temporary.replace(rendered)
         out.append(Baked(source, workload, rendered, resources, deletions))
     return out
 
@@ -79,7 +76,8 @@ def up(
     systemd: bool | None = None,
     say: Callable[[str], None] = print,
 ) -> bool:
-    """Remove what ``delete/`` names, then start every loaded source; False if any failed."""
+    """Remove what ``delete/`` names, then render and start every loaded source; False if any
+    failed."""
     use_systemd = systemd_running() if systemd is None else systemd
     ok = True
     for item in baked:
@@ -91,6 +89,10 @@ def up(
     for item in baked:
         if item.error or not item.resources:
             continue
+        item.rendered.parent.mkdir(parents=True, exist_ok=True)
+        temporary = item.rendered.with_suffix(".tmp")
+        temporary.write_text(manifests.render(item.resources))
+        temporary.replace(item.rendered)
         try:
             if use_systemd:
                 _start_unit(item.rendered)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from afield.blueprint import Blueprint, Container
-from afield.compose._tree import resolve_in_tree
+from afield.compose._tree import make_parents
 from afield.compose.pipeline import Facts, StageContext
 from afield.errors import ComposeError, StageError
 from afield.workloads.manifests import normalize_image
@@ -394,23 +394,9 @@ def _normalise(store: Path, epoch: int) -> list[dict[str, Any]]:
     ]
 
 
-def _make_parents(tree: Path, path: str) -> Path:
-    """Create the parents of ``path`` in the tree (mode 0755); where ``path`` is."""
-    target = resolve_in_tree(tree, path)
-    missing: list[Path] = []
-    parent = target.parent
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o755)
-        directory.chmod(0o755)
-    return target
-
-
 def run(ctx: StageContext, options: Mapping[str, Any]) -> Facts:
     """Copy every image into the store, normalise it, write storage.conf; facts ``containers``."""
-    store = _make_parents(ctx.tree, STORE)
+    store = make_parents(ctx.tree, STORE)
     if store.exists() or store.is_symlink():
         raise StageError(NAME, f"{STORE} already exists in the image")
     work = ctx.workdir / "containers"
@@ -425,7 +411,7 @@ def run(ctx: StageContext, options: Mapping[str, Any]) -> Facts:
         for image in options["images"]:
             _copy(ctx, image, store, work, options["architecture"])
         listed = _normalise(store, options["source_date_epoch"])
-        conf = _make_parents(ctx.tree, STORAGE_CONF)
+        conf = make_parents(ctx.tree, STORAGE_CONF)
         if conf.is_symlink() or conf.is_dir():
             raise StageError(NAME, f"{STORAGE_CONF} in the image is not a regular file")
         conf.write_text(_IMAGE_STORAGE_CONF)

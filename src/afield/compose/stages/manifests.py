@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from afield.blueprint import Blueprint
-from afield.compose._tree import resolve_in_tree
+from afield.compose._tree import make_parents
 from afield.compose.pipeline import Facts, StageContext
 from afield.compose.stages.containers import store_name
 from afield.errors import ManifestError, StageError
@@ -193,15 +193,10 @@ def _copy(ctx: StageContext, entry: Mapping[str, Any], base: Path) -> None:
 
 def run(ctx: StageContext, options: Mapping[str, Any]) -> Facts:
     """Copy every manifests directory into the image; facts ``manifests`` (their names)."""
-    base = resolve_in_tree(ctx.tree, TARGET)
-    missing: list[Path] = []
-    parent = base
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o755)
-        directory.chmod(0o755)
+    base = make_parents(ctx.tree, TARGET)
+    if not base.exists():
+        base.mkdir(mode=0o755)
+        base.chmod(0o755)
     for entry in options["manifests"]:
         _copy(ctx, entry, base)
     return {"manifests": [entry["name"] for entry in options["manifests"]]}
