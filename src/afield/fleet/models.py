@@ -1,13 +1,14 @@
 """The fleet manager's tables (SQLAlchemy 2, typed ``Mapped[...]``) and the conversions around them.
 
-Nine tables: ``devices`` (identity, what each device runs and reported last, the release and
+Ten tables: ``devices`` (identity, what each device runs and reported last, the release and
 the applications it should run, and where it is in a rollout), ``fleets`` (a label selector, a
 target release, a rollout policy), ``applications`` (Kubernetes manifests set on a fleet or on
 one device), ``releases`` (image, arch, version, commit), ``rollouts`` (a fleet moving to a
 release: the engine's :class:`~afield.fleet.rollout.RolloutState` as JSON beside its status),
 ``events`` (the audit trail), ``api_tokens`` (admin and viewer bearer tokens, stored as SHA-256
-digests only), ``enrollment_tokens`` (one-time tokens a device trades for its certificate, also
-digests only) and ``certificate_authorities`` (the CA that certifies device keys).
+digests only), ``web_sessions`` (dashboard logins made with those tokens),
+``enrollment_tokens`` (one-time tokens a device trades for its certificate, also digests only)
+and ``certificate_authorities`` (the CA that certifies device keys).
 Constraint and index names follow one naming convention, so Alembic migrations and PostgreSQL
 agree on them.
 
@@ -17,7 +18,9 @@ happens in one place, :func:`device_view`, and :func:`state_to_json` / :func:`st
 carry a rollout's state in and out of its JSON column.
 
 :func:`device_status` derives the summary status (Online, Updating, Degraded, RolledBack,
-Offline) a device list shows, from the columns the device API fills in.
+Offline) a device list shows, from the columns the device API fills in;
+:func:`status_expression` is the same rules as SQL, so a dashboard counts and filters a large
+fleet by status in the database instead of loading every row.
 
 What it leaves to others: the schema's history (:mod:`afield.fleet.migrations`, whose first
 revision creates exactly these tables), sessions and engines (:mod:`afield.fleet.db`), filling
@@ -34,6 +37,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
@@ -42,6 +46,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
+    or_,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -61,11 +67,13 @@ __all__ = [
     "Fleet",
     "Release",
     "Rollout",
+    "WebSession",
     "device_status",
     "device_view",
     "metadata",
     "state_from_json",
     "state_to_json",
+    "status_expression",
     "utcnow",
 ]
 
@@ -126,11 +134,13 @@ class Device(Base):
     """
 
     __tablename__ = "devices"
+    # Versions per image (the dashboard's overview) read this index alone, never the rows.
+    __table_args__ = (Index(None, "image", "current_version"),)
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), default="")
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    current_version: Mapped[str | None] = mapped_column(String(64))
+    current_version: Mapped[str | None] = mapped_column(String(64), index=True)
     current_commit: Mapped[str | None] = mapped_column(String(64), index=True)
     pending_version: Mapped[str | None] = mapped_column(String(64))
     rollback_version: Mapped[str | None] = mapped_column(String(64))
@@ -235,7 +245,11 @@ class Event(Base):
     """
 
     __tablename__ = "events"
-    __table_args__ = (Index(None, "kind", "id"), Index(None, "actor", "id"))
+    __table_args__ = (
+        Index(None, "kind", "id"),
+        Index(None, "actor", "id"),
+        Index(None, "subject", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     time: Mapped[datetime.datetime] = mapped_column(index=True)
@@ -257,6 +271,28 @@ class ApiToken(Base):
     created: Mapped[datetime.datetime]
     last_used: Mapped[datetime.datetime | None]
     revoked: Mapped[datetime.datetime | None]
+
+
+class WebSession(Base):
+    """A dashboard login: a browser that presented ``token`` and got a session cookie.
+
+    Only the SHA-256 of the cookie's value is kept, like tokens. ``csrf`` is the secret every
+    form of this session carries back (compared in constant time); ``expires`` ends it, and so
+    does revoking its token (the cascade removes the row when the token is deleted).
+    """
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True
+    )
+    csrf: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime.datetime]
+    expires: Mapped[datetime.datetime] = mapped_column(index=True)
+
+    token: Mapped[ApiToken] = relationship(lazy="joined")
 
 
 class EnrollmentToken(Base):
@@ -315,7 +351,8 @@ def device_status(device: Device, now: datetime.datetime, offline_after: float) 
     """The one place a device's summary status is decided; the first rule that holds wins.
 
     1. **Offline**: the device never checked in, or its last check-in (``last_seen``) is more
-       than ``offline_after`` seconds before ``now``. Whatever it reported before is stale, so
+       than ``offline_after`` seconds before ``now`` (to the microsecond: a device seen exactly
+       ``offline_after`` seconds ago is not offline). Whatever it reported before is stale, so
        this comes first.
     2. **Updating**: it checked in recently and reported an update in progress (``updating``:
        downloading, staging or rebooting into it), or has a deployment staged for its next boot
@@ -326,9 +363,13 @@ def device_status(device: Device, now: datetime.datetime, offline_after: float) 
        and it fell back to its previous deployment (``rolled_back_at`` is set) since its last
        successful update: it is well, but not on the release it was told to run.
     5. **Online**: it checked in recently and none of the above holds.
+
+    :func:`status_expression` states these rules in SQL and must agree with this function on
+    every row (``tests/fleet/test_models_status.py`` checks it on SQLite and PostgreSQL): a
+    change here is a change there.
     """
     last_seen = None if device.last_seen is None else as_utc(device.last_seen)
-    if last_seen is None or (now - last_seen).total_seconds() > offline_after:
+    if last_seen is None or last_seen < _offline_cutoff(now, offline_after):
         return DeviceStatus.OFFLINE
     if device.updating or device.pending_version is not None:
         return DeviceStatus.UPDATING
@@ -337,6 +378,41 @@ def device_status(device: Device, now: datetime.datetime, offline_after: float) 
     if device.rolled_back_at is not None:
         return DeviceStatus.ROLLED_BACK
     return DeviceStatus.ONLINE
+
+
+def status_expression(now: datetime.datetime, offline_after: float) -> ColumnElement[str]:
+    """:func:`device_status` as SQL over the ``devices`` columns: the status's value string.
+
+    Counting devices by status (``GROUP BY``) or filtering them by one (``WHERE``) with it
+    reads no rows into Python, which matters at 100,000 devices. The ``CASE`` tries the same
+    rules in the same order, and treats NULLs as :func:`device_status` does: a ``health_ok``
+    of NULL (no checks reported) is not Degraded, only false is.
+
+    The offline cutoff is bound as a UTC time: SQLite stores times as text without a zone
+    (the UTC wall time the app wrote), so a cutoff in another zone would compare its local
+    wall time with UTC ones; PostgreSQL compares ``timestamptz`` values whatever the zone.
+
+    Args:
+        now: the time the status is for (timezone-aware, or naive UTC).
+        offline_after: seconds without a check-in after which a device is offline.
+    """
+    cutoff = _offline_cutoff(now, offline_after)
+    return case(
+        (or_(Device.last_seen.is_(None), Device.last_seen < cutoff), DeviceStatus.OFFLINE.value),
+        (
+            or_(Device.updating.is_(True), Device.pending_version.is_not(None)),
+            DeviceStatus.UPDATING.value,
+        ),
+        (Device.health_ok.is_(False), DeviceStatus.DEGRADED.value),
+        (Device.rolled_back_at.is_not(None), DeviceStatus.ROLLED_BACK.value),
+        else_=DeviceStatus.ONLINE.value,
+    )
+
+
+def _offline_cutoff(now: datetime.datetime, offline_after: float) -> datetime.datetime:
+    """The last check-in time, in UTC, that is still not offline at ``now``: a device last
+    seen before it is offline. Both forms of the status use it, so they round alike."""
+    return as_utc(now) - datetime.timedelta(seconds=offline_after)
 
 
 # --- to and from the rollout engine's values -------------------------------------------------

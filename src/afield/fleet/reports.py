@@ -2,9 +2,24 @@
 
 :func:`apply_report` takes a device row, its report (:class:`~afield.fleet.protocol.StatusReport`)
 and the release of the rollout the device is in, and updates the row in place. It returns the
-events worth recording: only changes (a new booted commit, health turning bad, a new rollback, a
-failed or refused update, an application that failed), so a fleet of devices that report every
-minute does not flood the audit trail.
+events worth recording: only changes, so a fleet of devices that report every minute does not
+flood the audit trail. "Before" is the report stored last (``report``); each event is recorded
+once per change, however many polls repeat it:
+
+* ``device.update_staged`` {``version``, ``commit``, ``bytes_downloaded``}: an update is staged
+  for the next boot (the stored update was not staged for that commit);
+* ``device.booted`` {``commit``, ``version``, and ``bytes_downloaded`` when the stored update
+  was of that commit}: the device runs another commit than before;
+* ``device.health_failed`` {``commit``, ``failed``, ``detail``} and ``device.health_passed``
+  {``commit``, ``detail``}: the health checks of the booted commit turned bad or good (the
+  stored health was not the same verdict on the same commit; ``detail`` is the checks' output);
+* ``device.rolled_back`` {``from``, ``to``, ``reason``}: a rollback newer than the recorded one;
+* ``device.update_failed`` / ``device.update_refused`` {``version``, ``commit``, ``error``}: an
+  update failed or was refused, with another error or commit than before;
+* ``device.application_failed`` {``name``, ``digest``, ``reason``}: see below.
+
+Together they are a device's update history: what was staged (and how much it downloaded),
+what it booted, and how its checks went there.
 
 The report is stored as sent (``report``), except that a report whose ``applications`` is None
 (the device did not say: an agent that predates applications, or one that skipped them) keeps
@@ -39,7 +54,7 @@ from typing import Any
 
 from afield._sql import as_utc
 from afield.fleet.models import Device
-from afield.fleet.protocol import StatusReport, VersionRef
+from afield.fleet.protocol import HealthReport, StatusReport, UpdateProgress, VersionRef
 from afield.fleet.rollout import Phase
 
 __all__ = ["ReportEvent", "apply_report"]
@@ -100,18 +115,14 @@ def apply_report(
     update = report.update
     device.updating = update is not None and update.state == "downloading"
 
+    old_update = before.get("update") or {}
     if booted is not None and booted.commit != previous_commit:
-        events.append(
-            ReportEvent("device.booted", {"commit": booted.commit, "version": booted.version})
-        )
-    if about_booted and health is not None and not health.ok:
-        old = before.get("health") or {}
-        if old.get("ok", True) or old.get("commit") != health.commit:
-            events.append(
-                ReportEvent(
-                    "device.health_failed", {"commit": health.commit, "failed": health.failed}
-                )
-            )
+        booted_details: dict[str, Any] = {"commit": booted.commit, "version": booted.version}
+        if old_update.get("commit") == booted.commit:
+            booted_details["bytes_downloaded"] = old_update.get("bytes_downloaded", 0)
+        events.append(ReportEvent("device.booted", booted_details))
+    if about_booted and health is not None:
+        events += _health_events(health, before.get("health") or {})
     rollback = report.rolled_back
     if rollback is not None:
         at = datetime.datetime.fromtimestamp(rollback.at, datetime.UTC)
@@ -128,15 +139,8 @@ def apply_report(
                     },
                 )
             )
-    if update is not None and update.state in ("failed", "refused"):
-        old = before.get("update") or {}
-        if (old.get("state"), old.get("commit"), old.get("error")) != (
-            update.state,
-            update.commit,
-            update.error,
-        ):
-            details = {"version": update.version, "commit": update.commit, "error": update.error}
-            events.append(ReportEvent(f"device.update_{update.state}", details))
+    if update is not None:
+        events += _update_events(update, old_update)
 
     healthy_on_desired = (
         booted is not None and booted.commit == desired_commit and device.health_ok is True
@@ -147,6 +151,42 @@ def apply_report(
     if rollout_commit is not None and device.phase in _MOVABLE:
         _move_phase(device, report, rollout_commit, now)
     return events
+
+
+def _update_events(update: UpdateProgress, old: dict[str, Any]) -> list[ReportEvent]:
+    """``device.update_staged`` when ``update`` is newly staged (``old``, the update stored
+    before, was not staged for that commit), ``device.update_failed`` or ``_refused`` when it
+    failed or was refused with another commit or error than ``old``."""
+    was = (old.get("state"), old.get("commit"))
+    if update.state == "staged" and was != ("staged", update.commit):
+        details = {
+            "version": update.version,
+            "commit": update.commit,
+            "bytes_downloaded": update.bytes_downloaded,
+        }
+        return [ReportEvent("device.update_staged", details)]
+    if update.state in ("failed", "refused") and (*was, old.get("error")) != (
+        update.state,
+        update.commit,
+        update.error,
+    ):
+        details = {"version": update.version, "commit": update.commit, "error": update.error}
+        return [ReportEvent(f"device.update_{update.state}", details)]
+    return []
+
+
+def _health_events(health: HealthReport, old: dict[str, Any]) -> list[ReportEvent]:
+    """``device.health_failed`` or ``device.health_passed`` when the health checks of the
+    booted commit turned to that verdict: ``old`` (the health stored before) had another verdict,
+    was about another commit, or is empty (none was reported)."""
+    if old.get("ok") is health.ok and old.get("commit") == health.commit:
+        return []
+    if health.ok:
+        return [
+            ReportEvent("device.health_passed", {"commit": health.commit, "detail": health.detail})
+        ]
+    details = {"commit": health.commit, "failed": health.failed, "detail": health.detail}
+    return [ReportEvent("device.health_failed", details)]
 
 
 def _application_events(report: StatusReport, before: dict[str, Any]) -> list[ReportEvent]:

@@ -5,8 +5,8 @@ answers ``{"data": [...], "count": n, "next_cursor": C2 | null}``. Pages are key
 device id: ``next_cursor`` is the id of the page's last device and the next page starts after
 it, so a page never repeats or skips a device when others are added or removed meanwhile (an
 offset would). Label filters are ``key=value`` equalities, all of which must hold, evaluated in
-SQL; the ``status`` filter uses :func:`afield.fleet.models.device_status` (the one definition of
-a status), so it is applied to the rows as they are read, a chunk at a time.
+SQL; so is the ``status`` filter (:func:`afield.fleet.models.status_expression`, which a test
+holds to :func:`~afield.fleet.models.device_status`, the one definition of a status).
 
 Each device lists its ``applications``: every application it should run (its fleets' and its
 own, as resolved by :mod:`afield.fleet.applications`) or still reports, with the digest it
@@ -42,7 +42,7 @@ from afield.fleet.api.deps import (
 )
 from afield.fleet.applications import decode, sources
 from afield.fleet.auth import ViewerDep
-from afield.fleet.models import Device, DeviceStatus, device_status
+from afield.fleet.models import Device, DeviceStatus, device_status, status_expression
 from afield.fleet.policy import Selector, SelectorError
 
 __all__ = [
@@ -52,11 +52,11 @@ __all__ = [
     "DeviceRollout",
     "DevicesPublic",
     "device_public",
+    "label_filter",
     "router",
 ]
 
 router = APIRouter(prefix="/devices", tags=["devices"])
-_CHUNK = 500  # rows read at a time while filtering by status
 
 
 class DeviceRollout(BaseModel):
@@ -207,6 +207,16 @@ def device_public(
     )
 
 
+def label_filter(key: str, value: str) -> ColumnElement[bool]:
+    """SQL that holds for devices whose label ``key`` is ``value`` (a JSON lookup in ``labels``).
+
+    The devices API and the dashboard filter with it; checking ``key`` and ``value`` (a
+    :class:`~afield.fleet.policy.Selector` parses them) is the caller's.
+    """
+    matches: ColumnElement[bool] = Device.labels[key].as_string() == value
+    return matches
+
+
 def _label_filters(labels: list[str]) -> list[ColumnElement[bool]]:
     filters: list[ColumnElement[bool]] = []
     for index, item in enumerate(labels):
@@ -224,33 +234,22 @@ def _label_filters(labels: list[str]) -> list[ColumnElement[bool]]:
                 field=where,
             )
         key, _, value = requirements[0]
-        filters.append(Device.labels[key].as_string() == value)
+        filters.append(label_filter(key, value))
     return filters
 
 
 def _page(
-    session: Session,
-    filters: list[ColumnElement[bool]],
-    cursor: str | None,
-    limit: int,
-    keep: Any,
+    session: Session, filters: list[ColumnElement[bool]], cursor: str | None, limit: int
 ) -> tuple[list[Device], str | None]:
-    """Up to ``limit`` devices after ``cursor`` that pass ``filters`` and ``keep``, by id."""
-    found: list[Device] = []
-    after = cursor
-    while True:
-        query = select(Device).where(*filters).order_by(Device.id).limit(_CHUNK)
-        if after is not None:
-            query = query.where(Device.id > after)
-        chunk = session.scalars(query).all()
-        for device in chunk:
-            if keep(device):
-                if len(found) == limit:
-                    return found, found[-1].id
-                found.append(device)
-        if len(chunk) < _CHUNK:
-            return found, None
-        after = chunk[-1].id
+    """Up to ``limit`` devices after ``cursor`` that pass ``filters``, by id, and the next
+    page's cursor (one row more than ``limit`` is read to know whether there is one)."""
+    query = select(Device).where(*filters).order_by(Device.id).limit(limit + 1)
+    if cursor is not None:
+        query = query.where(Device.id > cursor)
+    devices = list(session.scalars(query).all())
+    if len(devices) > limit:
+        return devices[:limit], devices[limit - 1].id
+    return devices, None
 
 
 @router.get("", operation_id="devices-list", dependencies=[CHECKINS_WRITTEN])
@@ -271,15 +270,9 @@ def list_devices(
 ) -> DevicesPublic:
     """Devices by id, a page at a time, filtered by labels and status."""
     filters = _label_filters(label)
-    if status is None:
-        devices, next_cursor = _page(session, filters, cursor, limit, lambda d: True)
-    else:
-        wanted = status
-
-        def keep(device: Device) -> bool:
-            return device_status(device, now, offline_after) is wanted
-
-        devices, next_cursor = _page(session, filters, cursor, limit, keep)
+    if status is not None:
+        filters.append(status_expression(now, offline_after) == status.value)
+    devices, next_cursor = _page(session, filters, cursor, limit)
     data = [device_public(d, now, offline_after) for d in devices]
     return DevicesPublic(data=data, count=len(data), next_cursor=next_cursor)
 

@@ -4,10 +4,12 @@ Every admin write records one event in the same transaction as the write (``flee
 ``fleet.update``, ``fleet.delete``, ``release.create``, ``rollout.start``, ``rollout.pause``,
 ``rollout.resume``, ``rollout.approve``, ``rollout.abort``, ``application.set``,
 ``application.delete``; ``afield admin`` records ``token.create`` and ``token.revoke`` as
-``system``). Devices' reports record what changed on them (``device.booted``,
-``device.health_failed``, ``device.rolled_back``, ``device.update_failed``,
-``device.application_failed``...). Pages are keyset-paginated by event id:
-``next_cursor`` is the id of the page's last (oldest) event.
+``system``). Devices' reports record what changed on them, once per change
+(:mod:`afield.fleet.reports` lists each kind's details): ``device.update_staged``,
+``device.booted``, ``device.health_passed``, ``device.health_failed``, ``device.rolled_back``,
+``device.update_failed``, ``device.update_refused``, ``device.application_failed``; filtered
+by actor (``device:<id>``) they are a device's update history. Pages are keyset-paginated by
+event id: ``next_cursor`` is the id of the page's last (oldest) event.
 
 What it leaves to others: device events (the device API, a later slice), retention.
 """

@@ -7,6 +7,7 @@ approval), so starting a second is 409. ``POST /api/v1/rollouts/{id}/pause|resum
 apply the rollout engine's pure transitions (:func:`afield.fleet.rollout.pause` and the others)
 to the stored state; a transition the engine refuses (resuming a running rollout, anything on an
 aborted one) is 409 naming the current and the requested state. Every action records an event.
+:func:`act` does that for any caller with an ``actor`` name: the dashboard's forms use it too.
 
 The state is the engine's :class:`~afield.fleet.rollout.RolloutState`, stored as JSON
 (:func:`afield.fleet.models.state_to_json`) beside its status column. A rollout's ``progress``
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,7 +52,7 @@ from afield.fleet.api.releases import (
     find_release,
     release_public,
 )
-from afield.fleet.auth import AdminDep, Caller, ViewerDep
+from afield.fleet.auth import AdminDep, ViewerDep
 from afield.fleet.models import Fleet, Rollout, state_from_json, state_to_json
 from afield.fleet.policy import RolloutPolicy
 from afield.fleet.rollout import (
@@ -65,10 +66,12 @@ from afield.fleet.rollout import (
 )
 
 __all__ = [
+    "Actor",
     "RolloutAction",
     "RolloutCreate",
     "RolloutPublic",
     "RolloutsPublic",
+    "act",
     "fleet_router",
     "rollout_public",
     "router",
@@ -236,16 +239,51 @@ def _ring(request: Request) -> None:
     request.app.state.devices.doorbell.ring()
 
 
-def _act(
+class Actor(Protocol):
+    """Whoever acts on a rollout: the API's :class:`~afield.fleet.auth.Caller` or a dashboard
+    login; events name it by :attr:`actor` (``admin:<token name>``)."""
+
+    @property
+    def actor(self) -> str:
+        """How the audit trail names this caller."""
+        ...
+
+
+def act(
     request: Request,
     session: Session,
-    caller: Caller,
+    caller: Actor,
     now: datetime.datetime,
     rollout_id: int,
     action: str,
     transition: Callable[[RolloutState], RolloutState],
     reason: str | None = None,
 ) -> RolloutPublic:
+    """Apply an engine transition to a stored rollout, record it and ring the runner.
+
+    The rollout's state goes through ``transition`` (:func:`~afield.fleet.rollout.pause` and
+    the others); the new state, status, time and a bumped ``revision`` are stored, an event
+    ``rollout.<action>`` (details ``from``, ``to`` and ``reason`` when given) is recorded in
+    the same transaction, which is committed, and the rollout runner is rung. Shared by the
+    API's actions and the dashboard's forms.
+
+    Args:
+        request: the request (its app's runner is rung).
+        session: a session without a transaction in progress; committed here.
+        caller: who acts (the event's actor).
+        now: the time of the action.
+        rollout_id: the rollout to act on.
+        action: the event's kind after ``rollout.`` (``pause``, ``resume``...).
+        transition: the engine's pure transition.
+        reason: the operator's words, recorded in the event when given.
+
+    Returns:
+        The rollout as the API shows it after the action.
+
+    Raises:
+        ApiError: 404 for an unknown rollout, 409 when the engine refuses the transition
+            (the message names the current and the requested state).
+    """
     rollout = _get(session, rollout_id)
     before = state_from_json(rollout.state)
     try:
@@ -291,9 +329,7 @@ def pause_rollout(
     """Stop telling devices to update; 409 if the rollout is paused or aborted."""
     reason = body.reason if body is not None and body.reason else None
     text = reason or f"paused by {caller.actor}"
-    return _act(
-        request, session, caller, now, rollout_id, "pause", lambda s: pause(s, text), reason
-    )
+    return act(request, session, caller, now, rollout_id, "pause", lambda s: pause(s, text), reason)
 
 
 @router.post("/{rollout_id}/resume", operation_id="rollouts-resume")
@@ -301,7 +337,7 @@ def resume_rollout(
     request: Request, rollout_id: RolloutPath, session: SessionDep, caller: AdminDep, now: NowDep
 ) -> RolloutPublic:
     """Run a paused rollout again, accepting the failures so far; 409 unless it is paused."""
-    return _act(request, session, caller, now, rollout_id, "resume", resume)
+    return act(request, session, caller, now, rollout_id, "resume", resume)
 
 
 @router.post("/{rollout_id}/approve", operation_id="rollouts-approve")
@@ -309,7 +345,7 @@ def approve_rollout(
     request: Request, rollout_id: RolloutPath, session: SessionDep, caller: AdminDep, now: NowDep
 ) -> RolloutPublic:
     """Start the next batch; 409 unless the rollout waits for approval."""
-    return _act(request, session, caller, now, rollout_id, "approve", approve)
+    return act(request, session, caller, now, rollout_id, "approve", approve)
 
 
 @router.post("/{rollout_id}/abort", operation_id="rollouts-abort")
@@ -324,6 +360,4 @@ def abort_rollout(
     """End the rollout for good; 409 if it was aborted already."""
     reason = body.reason if body is not None and body.reason else None
     text = reason or f"aborted by {caller.actor}"
-    return _act(
-        request, session, caller, now, rollout_id, "abort", lambda s: abort(s, text), reason
-    )
+    return act(request, session, caller, now, rollout_id, "abort", lambda s: abort(s, text), reason)
