@@ -32,6 +32,8 @@ docker-registry
 catatonit
 containernetworking-plugins
 runc
+chromium
+fonts-dejavu-core
 "
 
 missing=""

@@ -65,6 +65,9 @@ def _server(app: ASGIApp) -> uvicorn.Server:
         log_config=None,
         access_log=False,
         log_level="error",
+        # Streams (the dashboard's server-sent events, device long-polls) do not end on their
+        # own: a stopping server gives them this long, then closes them.
+        timeout_graceful_shutdown=3,
     )
     return uvicorn.Server(config)
 

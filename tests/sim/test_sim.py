@@ -7,13 +7,10 @@ most every 5 s)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +26,9 @@ from afield.errors import FleetError
 from afield.fleet.app import FleetSettings, create_app
 from afield.fleet.auth import create_token
 from afield.fleet.protocol import DesiredRelease, VersionRef
-from afield.sim import SimConfig, SimConfigError, SimFleet, commit_of
+from afield.sim import SimConfig, SimConfigError, commit_of
 from afield.sim.fleet import _Device, _outcome
+from tests.sim import simulating, until
 
 POLICY = {
     "batches": [1, "50%", "100%"],
@@ -101,49 +99,6 @@ def served(tmp_path: Path) -> Iterator[Served]:
     ):
         yield Served(url, token, admin)
     app.state.db.close()
-
-
-@contextmanager
-def simulating(config: SimConfig) -> Iterator[SimFleet]:
-    """Run ``config``'s fleet on an event loop of its own in a thread, enrolled at the start."""
-    fleet = SimFleet(config)
-    enrolled = threading.Event()
-    failures: list[BaseException] = []
-
-    async def main() -> None:
-        async with fleet:
-            await fleet.enroll()
-            enrolled.set()
-            await fleet.run()
-
-    def thread_main() -> None:
-        try:
-            asyncio.run(main())
-        except BaseException as e:
-            failures.append(e)
-        finally:
-            enrolled.set()
-
-    thread = threading.Thread(target=thread_main, name="sim", daemon=True)
-    thread.start()
-    assert enrolled.wait(60), "the fleet did not enroll in 60 s"
-    try:
-        if failures:
-            raise failures[0]
-        yield fleet
-    finally:
-        fleet.stop()
-        thread.join(30)
-    if failures:
-        raise failures[0]
-
-
-def until(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.2)
 
 
 # --- enrollment and status ------------------------------------------------------------------

@@ -108,5 +108,9 @@ def serve_command(
         if app.state.fdo is not None and public_url is None:
             app.state.fdo.ready(url)
         console.print(f"fleet manager serving on {url}", soft_wrap=True)
+        console.print(
+            f"dashboard: {url}/ (log in with a token from `afield admin token create`)",
+            soft_wrap=True,
+        )
 
     serve(app, host=host, port=port, on_ready=ready)

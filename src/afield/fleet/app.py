@@ -29,7 +29,10 @@ starts none, and tests step it by hand through ``app.state.runner``).
 With ``settings.fdo`` it also serves FDO's rendezvous (TO0, TO1) and owner (TO2) at
 ``/fdo/101/msg/{n}`` and voucher import at ``/api/v1/vouchers`` (:mod:`afield.fleet.fdo`).
 
-What it leaves to others: TLS (a reverse proxy), the dashboard, running it (``afield serve``).
+* ``/``: the operator dashboard (:mod:`afield.web`), unless ``settings.dashboard`` is off.
+
+What it leaves to others: TLS (a reverse proxy), the dashboard's pages (:mod:`afield.web`),
+running it (``afield serve``).
 """
 
 from __future__ import annotations
@@ -51,9 +54,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import load_only
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -68,7 +70,7 @@ from afield.fleet.ca import load_or_create_ca
 from afield.fleet.db import DEFAULT_URL, Database, DatabaseError
 from afield.fleet.fdo import FdoSettings, FleetFdo
 from afield.fleet.fdo import router as fdo_router
-from afield.fleet.models import Device, DeviceStatus, device_status, utcnow
+from afield.fleet.models import DeviceStatus, status_expression, utcnow
 from afield.fleet.policy import RolloutPolicyError, SelectorError
 from afield.fleet.rollout import RolloutError
 from afield.fleet.runner import RolloutRunner
@@ -78,7 +80,6 @@ __all__ = ["ACCESS_LOGGER", "FleetMetrics", "FleetSettings", "create_app"]
 ACCESS_LOGGER = "afield.fleet.access"
 _METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_STATUS_FIELDS = ("id", "last_seen", "updating", "pending_version", "health_ok", "rolled_back_at")
 _APPLICATION_PUT = re.compile(r"/api/v1/(fleets|devices)/[^/]+/applications/[^/]+")
 
 log = logging.getLogger(ACCESS_LOGGER)
@@ -105,6 +106,7 @@ class FleetSettings:
         poll_seconds: how often devices are told to poll.
         runner_interval: seconds between rollout runner ticks (0: no runner thread).
         fdo: the FDO rendezvous server and owner to serve at ``/fdo/101/msg/{n}`` (None: none).
+        dashboard: serve the operator dashboard at ``/`` (:mod:`afield.web`).
         clock: the current time (timezone-aware); tests fix it.
     """
 
@@ -116,6 +118,7 @@ class FleetSettings:
     poll_seconds: int = 30
     runner_interval: float = 2.0
     fdo: FdoSettings | None = None
+    dashboard: bool = True
     clock: Callable[[], datetime.datetime] = field(default=utcnow, repr=False)
 
     def __post_init__(self) -> None:
@@ -450,13 +453,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 def _count_devices(
     db: Database, now: datetime.datetime, offline_after: float
 ) -> dict[DeviceStatus, int]:
-    counts = dict.fromkeys(DeviceStatus, 0)
-    columns = [getattr(Device, name) for name in _STATUS_FIELDS]
+    status = status_expression(now, offline_after)
     with db.sessions() as session:
-        query = select(Device).options(load_only(*columns)).execution_options(yield_per=1000)
-        for device in session.scalars(query):
-            counts[device_status(device, now, offline_after)] += 1
-    return counts
+        counted = dict(session.execute(select(status, func.count()).group_by(status)).all())
+    return {s: int(counted.get(s.value, 0)) for s in DeviceStatus}
 
 
 def _runtime_metrics(app: FastAPI) -> str:
@@ -568,6 +568,10 @@ def create_app(settings: FleetSettings | None = None, *, db: Database | None = N
         from afield.release.serve import create_repo_app
 
         app.mount("/repo", create_repo_app(settings.repo_dir))
+    if settings.dashboard:
+        from afield.web import install  # the dashboard sits on top of the fleet manager
+
+        install(app)
     app.add_middleware(PollFastPath, service=devices, refuse=_refusal)
     app.add_middleware(_Edge, metrics=metrics, max_body=settings.max_body_bytes)
     return app
