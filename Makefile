@@ -32,6 +32,7 @@ bench: bootstrap
 	$(PY) benchmarks/fleet.py
 	$(PY) benchmarks/fleet_scale.py
 	$(PY) benchmarks/workloads.py
+	$(PY) benchmarks/dashboard.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache _demo

@@ -167,7 +167,7 @@ def test_an_operator_watches_a_rollout_advance_pause_and_resume(
         ):
             admin.goto(web.url + path)
             expect(admin.locator("main h1")).to_be_visible()
-            admin.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+            admin.screenshot(path=str(shots / f"{name}.png"), full_page=name != "events")
         device_id = api.get("/api/v1/devices").json()["data"][0]["id"]
         admin.goto(f"{web.url}/devices/{device_id}")
         expect(admin.locator("main h1")).to_contain_text(device_id)

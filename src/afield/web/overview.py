@@ -32,7 +32,7 @@ from afield.web._session import ViewerPage
 __all__ = ["ImageVersions", "router", "version_order"]
 
 router = APIRouter()
-LATEST_EVENTS = 15
+LATEST_EVENTS = 10
 ROLLOUTS_SHOWN = 20
 _PARTS = re.compile(r"(\d+)")
 
