@@ -11,6 +11,9 @@ itself and the page says which device and which check. A viewer sees no buttons,
 refuses the viewer's resume even when it is forged with the viewer's own CSRF field. The admin
 resumes the rollout from the page.
 
+A second test turns JavaScript off: the pages still read (the chart's numbers are a table) and
+the forms still work, as plain page loads.
+
 Screenshots of the main pages go to ``$AFIELD_SCREENSHOTS`` when set (``docs/dashboard`` in
 the repository holds the ones the README shows), else to the test's temporary directory.
 """
@@ -27,12 +30,20 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from afield.fleet.models import utcnow
+from afield.fleet.models import (
+    Device,
+    Fleet,
+    Release,
+    Rollout,
+    state_to_json,
+    utcnow,
+)
+from afield.fleet.rollout import RolloutState, Status
 from afield.release import init_repository, publish
 from afield.sim import SimConfig
 from afield.trust import Keyring
 from tests.sim import simulating, until
-from tests.web import Site, image_commit, site
+from tests.web import NOW, Site, image_commit, site
 
 pytestmark = pytest.mark.browser
 
@@ -174,3 +185,40 @@ def test_an_operator_watches_a_rollout_advance_pause_and_resume(
         admin.screenshot(path=str(shots / "device.png"), full_page=True)
     for name in ("overview", "devices", "device", "releases", "rollout", "events"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
+
+
+def test_the_pages_read_and_the_forms_work_without_javascript(browser: Browser, web: Site) -> None:
+    release = Release(image="gateway", arch="x86_64", version="2.0", commit="2" * 64, created=NOW)
+    fleet = Fleet(
+        name="berlin",
+        selector="site=berlin",
+        policy={"batches": [1, "100%"]},
+        created=NOW,
+        updated=NOW,
+    )
+    paused = RolloutState(status=Status.PAUSED, batch=0, reason="1 device rolled back: gw-1")
+    web.add(
+        release,
+        fleet,
+        Rollout(
+            fleet=fleet,
+            release=release,
+            status="paused",
+            state=state_to_json(paused),
+            created=NOW,
+            updated=NOW,
+        ),
+        Device(id="gw-1", labels={"site": "berlin"}, last_seen=NOW, current_version="1.0"),
+    )
+    page = browser.new_context(java_script_enabled=False).new_page()
+    page.goto(web.url + "/rollouts/1")
+    page.fill("#token", web.admin_token)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#rollout-status")).to_have_text("paused")
+    expect(page.locator("#rollout-reason")).to_contain_text("gw-1")
+    page.get_by_role("button", name="Resume").click()  # a plain form: a full page load
+    expect(page.locator("#rollout-status")).to_have_text("running")
+    page.goto(web.url + "/")
+    expect(page.locator("table.versions")).to_contain_text("1.0")  # the chart's numbers
+    page.goto(web.url + "/devices?label=site%3Dberlin")
+    expect(page.locator("main")).to_contain_text("gw-1")
