@@ -56,6 +56,22 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, which tells the app when it begins to stop.
+
+    uvicorn waits for every open request before it stops. A stream that never ends on its own
+    (the dashboard's server-sent events) would hold it forever, so an app whose ``state`` has
+    ``stopping`` (a :class:`threading.Event`) sees it set first, and its streams end.
+    """
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = getattr(self.config.app, "state", None)
+        stopping = getattr(state, "stopping", None)
+        if isinstance(stopping, threading.Event):
+            stopping.set()
+        await super().shutdown(sockets)
+
+
 def _server(app: ASGIApp) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
@@ -65,11 +81,8 @@ def _server(app: ASGIApp) -> uvicorn.Server:
         log_config=None,
         access_log=False,
         log_level="error",
-        # Streams (the dashboard's server-sent events, device long-polls) do not end on their
-        # own: a stopping server gives them this long, then closes them.
-        timeout_graceful_shutdown=3,
     )
-    return uvicorn.Server(config)
+    return _Server(config)
 
 
 def serve(

@@ -541,6 +541,7 @@ def create_app(settings: FleetSettings | None = None, *, db: Database | None = N
     app.state.devices = devices
     app.state.runner = runner
     app.state.fdo = fdo
+    app.state.stopping = threading.Event()  # set by afield._serving: streams end
     app.include_router(api_router())
     app.include_router(fdo_router, prefix="/api/v1")
     if fdo is not None:

@@ -36,8 +36,9 @@ sends the fragment at once, then checks every :data:`POLL_SECONDS` whether the r
 again when the HTML it renders differs from the last one sent (a runner step that changed
 nothing sends nothing). A comment every :data:`KEEPALIVE_SECONDS` keeps proxies from closing
 an idle stream, and the session is checked again then: a revoked token or an ended session
-ends the stream. The stream ends when the browser goes away or after :data:`STREAM_SECONDS`
-(the browser reconnects and gets a fresh fragment). Without a session it is 401 (the
+ends the stream. The stream ends when the browser goes away, when the server stops
+(``app.state.stopping``, set by :mod:`afield._serving`) or after :data:`STREAM_SECONDS` (the
+browser reconnects and gets a fresh fragment). Without a session it is 401 (the
 dashboard's login handling, for ``Accept: text/event-stream``).
 
 What it leaves to others: the engine and its transitions (:mod:`afield.fleet.rollout`), storing
@@ -198,7 +199,7 @@ async def _progress(
     last_html, last_sent = html, time.monotonic()
     while time.monotonic() - started < STREAM_SECONDS:
         await asyncio.sleep(POLL_SECONDS)
-        if await request.is_disconnected():
+        if await request.is_disconnected() or request.app.state.stopping.is_set():
             return
         now_seen = await run_in_threadpool(signature, db, rollout_id)
         if now_seen is None:
