@@ -234,7 +234,9 @@ def demo_command(
     console.print(
         f"\nthe fleet manager ran at {url} (API docs at {url}/docs). Serve it again with\n"
         f"  afield serve --db sqlite:///{workdir}/fleet.db --repo {repo}\n"
-        f"and look: afield device status --sysroot {workdir}/devices/gw-1 --json",
+        f"and look: afield device status --sysroot {workdir}/devices/gw-1 --json, or open its\n"
+        f"dashboard at / and log in with a token from\n"
+        f"  afield admin token create me --role viewer --db sqlite:///{workdir}/fleet.db",
         soft_wrap=True,
     )
     if bad.rollout["status"] != "paused":
