@@ -4,7 +4,8 @@
 SQLite file (or a given database URL), with an admin and a viewer token. :meth:`Site.login`
 is an ``httpx`` client that logged in through the login form like a browser (its cookie jar
 holds the session); :meth:`Site.csrf` reads the CSRF field of a page, as a form would send it.
-:func:`image_commit` commits a small image with package metadata for release pages.
+:func:`image_commit` commits a small image with package metadata for release pages;
+:func:`rollout_rows` makes a fleet with rollouts in given states.
 Tests put rows in the database directly (:meth:`Site.add`) and read the pages.
 """
 
@@ -24,6 +25,8 @@ from afield._serving import running
 from afield.fleet.app import FleetSettings, create_app
 from afield.fleet.auth import create_token
 from afield.fleet.db import Database
+from afield.fleet.models import Fleet, Release, Rollout, state_to_json
+from afield.fleet.rollout import RolloutState
 from afield.image import open_repository
 from tests.device.images import KERNEL, build_tree
 
@@ -119,3 +122,29 @@ def image_commit(
         timestamp=1767225600,
         ref=f"afield/{image}/x86_64/stable-{version}",
     )
+
+
+def rollout_rows(*states: RolloutState, batches: list[Any] | None = None) -> list[Any]:
+    """Rows for :meth:`Site.add`: release gateway 2.0, fleet ``berlin`` (``site=berlin``, its
+    policy's ``batches``) and one rollout of it to that release per state, ids from 1."""
+    release = Release(image="gateway", arch="x86_64", version="2.0", commit="2" * 64, created=NOW)
+    fleet = Fleet(
+        name="berlin",
+        selector="site=berlin",
+        target_release=release,
+        policy={"batches": batches or [1, "100%"]},
+        created=NOW,
+        updated=NOW,
+    )
+    made = [
+        Rollout(
+            fleet=fleet,
+            release=release,
+            status=state.status.value,
+            state=state_to_json(state),
+            created=NOW,
+            updated=NOW,
+        )
+        for state in states
+    ]
+    return [release, fleet, *made]

@@ -32,10 +32,6 @@ from playwright.sync_api import Browser, Page, expect
 
 from afield.fleet.models import (
     Device,
-    Fleet,
-    Release,
-    Rollout,
-    state_to_json,
     utcnow,
 )
 from afield.fleet.rollout import RolloutState, Status
@@ -43,7 +39,7 @@ from afield.release import init_repository, publish
 from afield.sim import SimConfig
 from afield.trust import Keyring
 from tests.sim import simulating, until
-from tests.web import NOW, Site, image_commit, site
+from tests.web import NOW, Site, image_commit, rollout_rows, site
 
 pytestmark = pytest.mark.browser
 
@@ -188,26 +184,9 @@ def test_an_operator_watches_a_rollout_advance_pause_and_resume(
 
 
 def test_the_pages_read_and_the_forms_work_without_javascript(browser: Browser, web: Site) -> None:
-    release = Release(image="gateway", arch="x86_64", version="2.0", commit="2" * 64, created=NOW)
-    fleet = Fleet(
-        name="berlin",
-        selector="site=berlin",
-        policy={"batches": [1, "100%"]},
-        created=NOW,
-        updated=NOW,
-    )
     paused = RolloutState(status=Status.PAUSED, batch=0, reason="1 device rolled back: gw-1")
     web.add(
-        release,
-        fleet,
-        Rollout(
-            fleet=fleet,
-            release=release,
-            status="paused",
-            state=state_to_json(paused),
-            created=NOW,
-            updated=NOW,
-        ),
+        *rollout_rows(paused),
         Device(id="gw-1", labels={"site": "berlin"}, last_seen=NOW, current_version="1.0"),
     )
     page = browser.new_context(java_script_enabled=False).new_page()

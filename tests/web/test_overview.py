@@ -9,9 +9,9 @@ import re
 
 import httpx
 
-from afield.fleet.models import Device, Event, Fleet, Release, Rollout, state_to_json
+from afield.fleet.models import Device, Event
 from afield.fleet.rollout import Counters, RolloutState, Status
-from tests.web import NOW, Site
+from tests.web import NOW, Site, rollout_rows
 
 RECENT = NOW - datetime.timedelta(seconds=20)
 LONG_AGO = NOW - datetime.timedelta(days=3)
@@ -76,40 +76,12 @@ def test_versions_per_image_are_a_chart_and_a_table_in_version_order(web: Site) 
 
 
 def test_rollouts_in_progress_show_their_progress_and_finished_ones_do_not(web: Site) -> None:
-    release = Release(image="gateway", arch="x86_64", version="2.0", commit="2" * 64, created=NOW)
-    fleet = Fleet(
-        name="berlin",
-        selector="site=berlin",
-        target_release=release,
-        policy={"batches": [1, "50%", "100%"]},
-        created=NOW,
-        updated=NOW,
-    )
     counters = Counters(selected=10, assigned=4, succeeded=3, rolled_back=1)
     paused = RolloutState(
         status=Status.PAUSED, batch=1, reason="1 device rolled back: d7", counters=counters
     )
     done = RolloutState(status=Status.COMPLETED, batch=2)
-    web.add(
-        release,
-        fleet,
-        Rollout(
-            fleet=fleet,
-            release=release,
-            status="paused",
-            state=state_to_json(paused),
-            created=NOW,
-            updated=NOW,
-        ),
-        Rollout(
-            fleet=fleet,
-            release=release,
-            status="completed",
-            state=state_to_json(done),
-            created=NOW,
-            updated=NOW,
-        ),
-    )
+    web.add(*rollout_rows(paused, done, batches=[1, "50%", "100%"]))
     page = web.login("viewer").get("/")
     assert 'href="/rollouts/1"' in page.text
     assert 'href="/rollouts/2"' not in page.text
