@@ -14,7 +14,8 @@ for forms, the active section, the time) and the security headers every page car
 Filters: ``ago`` (``3 min ago``), ``when`` (``2026-12-03 05:12 UTC``), ``size`` (``2.1 MB``),
 ``short`` (a commit's first 12 digits). :func:`link` builds the URL of the page with some query
 parameters changed (filters and cursors keep the others); :func:`before_cursor` reads the
-``before=`` cursor of a newest-first list. :func:`error_page` is the page of a
+``before=`` cursor of a newest-first list; :func:`version_order` sorts versions as people read
+them. :func:`error_page` is the page of a
 :class:`~afield.web._session.PageError`.
 
 What it leaves to others: the pages (one module each), sessions (:mod:`afield.web._session`).
@@ -36,7 +37,16 @@ from afield._sql import as_utc
 from afield.fleet.api.deps import MAX_ID
 from afield.web._session import PageError, WebCaller
 
-__all__ = ["HEADERS", "before_cursor", "environment", "error_page", "fragment", "link", "render"]
+__all__ = [
+    "HEADERS",
+    "before_cursor",
+    "environment",
+    "error_page",
+    "fragment",
+    "link",
+    "render",
+    "version_order",
+]
 
 HEADERS = {
     "Content-Security-Policy": (
@@ -109,6 +119,17 @@ def link(path: str, params: Mapping[str, str | Sequence[str] | None], **changes:
 
 
 _ID = re.compile(r"[0-9]{1,10}")
+_PARTS = re.compile(r"(\d+)")
+
+
+def version_order(version: str | None) -> tuple[Any, ...]:
+    """A sort key that puts ``1.10`` after ``1.9`` (numbers compare as numbers, the rest as
+    text) and no version (None) last."""
+    if version is None:
+        return ((2,),)
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in _PARTS.split(version) if part
+    )
 
 
 def before_cursor(raw: str, what: str) -> int | None:

@@ -28,7 +28,6 @@ import datetime
 import re
 from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
@@ -38,6 +37,7 @@ from afield.fleet.api.deps import TEXT, SessionDep, newest_first
 from afield.fleet.models import Event
 from afield.web._render import before_cursor, render
 from afield.web._session import PageError, ViewerPage
+from afield.web.devices import device_path
 
 __all__ = ["KNOWN_KINDS", "PAGE", "EventFilters", "router", "subject_link"]
 
@@ -150,7 +150,7 @@ def subject_link(subject: str) -> str | None:
     """The dashboard page of an event's subject, if it has one (devices and rollouts)."""
     kind, _, name = subject.partition(":")
     if kind == "device" and name:
-        return "/devices/" + quote(name, safe="")
+        return device_path(name)
     if kind == "rollout" and _CURSOR.fullmatch(name):
         return f"/rollouts/{name}"
     return None

@@ -15,7 +15,6 @@ What it leaves to others: the pages it links to, what a status means (:mod:`afie
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,25 +22,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import func, select
 
+from afield.fleet.api.deps import CHECKINS_WRITTEN
 from afield.fleet.api.fleets import ACTIVE
 from afield.fleet.api.rollouts import RolloutPublic, rollout_public
 from afield.fleet.models import Device, DeviceStatus, Event, Rollout, status_expression
-from afield.web._render import render
+from afield.web._render import render, version_order
 from afield.web._session import ViewerPage
 
-__all__ = ["ImageVersions", "router", "version_order"]
+__all__ = ["ImageVersions", "router"]
 
 router = APIRouter()
 LATEST_EVENTS = 10
 ROLLOUTS_SHOWN = 20
-_PARTS = re.compile(r"(\d+)")
-
-
-def version_order(version: str | None) -> tuple[Any, ...]:
-    """A sort key that puts ``1.10`` after ``1.9`` and devices without a version last."""
-    if version is None:
-        return ((2,),)
-    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in _PARTS.split(version))
 
 
 @dataclass(frozen=True)
@@ -83,11 +75,10 @@ def _images(rows: list[Any]) -> list[ImageVersions]:
     ]
 
 
-@router.get("/")
+@router.get("/", dependencies=[CHECKINS_WRITTEN])  # polls noted in memory count as seen
 def overview(request: Request, caller: ViewerPage) -> HTMLResponse:
     """The overview page."""
     state = request.app.state
-    state.devices.checkins.flush()  # polls noted in memory count as seen
     now = state.clock()
     status = status_expression(now, state.offline_after)
     with state.db.sessions() as session:

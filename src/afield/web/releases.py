@@ -44,7 +44,7 @@ from afield.fleet.models import Device, Release
 from afield.image import ImageInfo, PackageDiff, diff_packages
 from afield.trust import ReleaseTarget
 from afield.web._catalog import Images, catalog
-from afield.web._render import render
+from afield.web._render import render, version_order
 from afield.web._session import PageError, ViewerPage
 
 __all__ = ["COLLAPSE", "DeltaRow", "ImageGroup", "VersionRow", "router"]
@@ -56,14 +56,6 @@ COLLAPSE = 8
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _LIMITS = {"image": 64, "arch": 32}
-_PARTS = re.compile(r"(\d+)")
-
-
-def _version_order(version: str) -> tuple[tuple[int, int | str], ...]:
-    """``1.10`` after ``1.9``: numbers compare as numbers, the rest as text."""
-    return tuple(
-        (0, int(part)) if part.isdigit() else (1, part) for part in _PARTS.split(version) if part
-    )
 
 
 @dataclass(frozen=True)
@@ -136,7 +128,7 @@ def _groups(releases: Sequence[Release], counts: Mapping[str, int]) -> list[Imag
         by_key.setdefault((release.image, release.arch), []).append(release)
     groups = []
     for (image, arch), rows in sorted(by_key.items()):
-        newest = sorted(rows, key=lambda r: (_version_order(r.version), r.id), reverse=True)
+        newest = sorted(rows, key=lambda r: (version_order(r.version), r.id), reverse=True)
         versions = [
             VersionRow(
                 id=r.id,
