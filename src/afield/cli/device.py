@@ -13,7 +13,7 @@ from afield.cli._progress import DownloadProgress
 from afield.cli.operator import device_apps
 from afield.device.agent import AgentOptions, check_fleet
 from afield.device.agent import run as run_agent
-from afield.device.bootseq import boot_once, healthcheck_booted
+from afield.device.bootseq import boot_marker, boot_once, healthcheck_booted
 from afield.device.lifecycle import Device
 from afield.device.onboard import OnboardOptions, onboard
 from afield.device.onboard import manufacture as manufacture_device
@@ -219,6 +219,9 @@ def healthcheck(
     else:
         state = "healthy" if result.healthy else "unhealthy"
         console.print(f"afield: {result.version} {result.checksum[:12]} {state}: {result.reason}")
+        # One unwrapped line for the serial console (the unit sends stdout there), which QEMU
+        # tests and a technician with a serial cable read.
+        print(boot_marker(result), flush=True)
     if result.reboot and not no_reboot:
         # greenboot's redboot-auto-reboot: an update on trial failed, try again (or fall back).
         subprocess.run(["systemctl", "reboot"], check=False)

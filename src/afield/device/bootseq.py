@@ -41,6 +41,7 @@ from afield.ostree import Deployment
 __all__ = [
     "BootResult",
     "ExecutorFactory",
+    "boot_marker",
     "boot_once",
     "bubblewrap_executor",
     "healthcheck_booted",
@@ -91,6 +92,17 @@ class BootResult:
             "reboot": self.reboot,
             "report": self.report.to_dict(),
         }
+
+
+def boot_marker(result: BootResult) -> str:
+    """The one line a boot's outcome is reported by on the console.
+
+    ``afield-boot: checksum=<booted commit> health=<healthy|unhealthy> rollback=<yes|no>``,
+    where ``rollback=yes`` means this boot made a fallback to the known-good release permanent.
+    """
+    health = "healthy" if result.healthy else "unhealthy"
+    rollback = "yes" if result.action == counter.Action.FINALIZE_ROLLBACK.value else "no"
+    return f"afield-boot: checksum={result.checksum} health={health} rollback={rollback}"
 
 
 def _failed_checks(report: HealthReport) -> list[dict[str, Any]]:
