@@ -33,6 +33,7 @@ __all__ = [
     "BlueprintError",
     "ComposeError",
     "DeviceError",
+    "DiskError",
     "FdoError",
     "FleetError",
     "ManifestError",
@@ -143,6 +144,14 @@ class DeviceError(AfieldError):
         super().__init__(message)
         if user_error:
             self.user_error = True
+
+
+class DiskError(AfieldError):
+    """A bootable disk image could not be built, or a tool it needs is missing."""
+
+    def __init__(self, message: str, *, user_error: bool = False) -> None:
+        super().__init__(message)
+        self.user_error = user_error
 
 
 class FleetError(AfieldError):

@@ -1,4 +1,4 @@
-"""``afield image``: list, show and compare the images in an afield repository."""
+"""``afield image``: list, show and compare the images in an afield repository; build disks."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import datetime as dt
 from pathlib import Path
 
 import typer
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from afield.cli._output import console, print_json
+from afield.cli._output import console, err_console, print_json
 from afield.image import diff_packages, image_info, list_images, open_repository
 
 app = typer.Typer(help="Inspect composed images.", no_args_is_help=True)
@@ -97,3 +98,52 @@ def diff(
         console.print(f"  [green]+[/] {name} {version}")
     for name, version in result.removed.items():
         console.print(f"  [red]-[/] {name} {version}")
+
+
+@app.command("build-disk")
+def build_disk_command(
+    repo: Path = RepoOption,
+    commit: str = typer.Option(..., "--commit", help="The image to install (ref or checksum)."),
+    arch: str = typer.Option("x86_64", "--arch", help="x86_64 or aarch64."),
+    firmware: str = typer.Option("bios", "--firmware", help="bios (x86_64 only) or uefi."),
+    size: str = typer.Option("4G", "--size", help="Disk size: 4G, 8G, 3500M..."),
+    output: Path = typer.Option(..., "--output", "-o", help="The disk image file to write."),
+    server: str | None = typer.Option(
+        None, "--server", help="Fleet manager URL for the device agent's factory config."
+    ),
+    trust_root: Path | None = typer.Option(
+        None, "--trust-root", help="The update repository's TUF root.json to trust."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Write a bootable GPT disk image: COMMIT deployed on /, GRUB for BIOS or UEFI."""
+    from afield.disk import Layout, build_disk, parse_size
+
+    layout = Layout.new(arch=arch, firmware=firmware, size=parse_size(size))
+    with Progress(
+        SpinnerColumn(finished_text="[green]✓[/]"),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+    ) as progress:
+        steps: list[TaskID] = []
+
+        def step(text: str) -> None:
+            if steps:
+                progress.update(steps[-1], completed=1)
+            steps.append(progress.add_task(text, total=1))
+
+        disk = build_disk(
+            repo, commit, output, layout, server=server, trust_root=trust_root, progress=step
+        )
+        if steps:
+            progress.update(steps[-1], completed=1)
+    if as_json:
+        print_json(disk.to_dict())
+        return
+    console.print(f"{disk.path}: {disk.version or '-'} {disk.commit[:12]}", markup=False)
+    console.print(
+        f"  {layout.arch} {layout.firmware}, {layout.size // 2**20} MiB "
+        f"({disk.allocated / 1e6:.0f} MB allocated), root UUID {layout.root_uuid}",
+        markup=False,
+    )

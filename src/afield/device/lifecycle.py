@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +140,9 @@ class Device:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def _check_commit(self, repo: Repo, checksum: str) -> dict[str, Any]:
+    def _check_commit(
+        self, repo: Repo, checksum: str, *, arch: str | None = None
+    ) -> dict[str, Any]:
         try:
             resolved = repo.resolve(checksum)
             info = image_info(repo, resolved)
@@ -152,7 +154,8 @@ class Device:
                 "compose it with afield)",
                 user_error=True,
             )
-        arch = _ARCH.get(platform.machine(), platform.machine())
+        if arch is None:
+            arch = _ARCH.get(platform.machine(), platform.machine())
         if info.arch and info.arch != arch:
             raise DeviceError(
                 f"cannot stage {resolved}: built for {info.arch}, device is {arch}",
@@ -164,7 +167,14 @@ class Device:
                 f"than this device's {self.osname!r}",
                 user_error=True,
             )
-        return {"checksum": resolved, "version": info.version, "kargs": list(info.kernel_args)}
+        # The device's own arguments (its root filesystem, from the disk it was installed on)
+        # come first and stay the same across updates; the image's follow.
+        local = [str(k) for k in self.state.load().get("local_kargs", [])]
+        return {
+            "checksum": resolved,
+            "version": info.version,
+            "kargs": [*local, *info.kernel_args],
+        }
 
     def version_of(self, deployment: Deployment) -> str | None:
         """The image version of a deployment's commit."""
@@ -182,10 +192,27 @@ class Device:
         self.sysroot.cleanup()
         fault.point("cleanup")
 
-    def install(self, repo_dir: Path, commit: str) -> Deployment:
-        """Factory install: deploy ``commit`` as the only deployment."""
+    def install(
+        self,
+        repo_dir: Path,
+        commit: str,
+        *,
+        arch: str | None = None,
+        local_kargs: Sequence[str] = (),
+    ) -> Deployment:
+        """Factory install: deploy ``commit`` as the only deployment.
+
+        Args:
+            repo_dir: The afield repository holding ``commit``.
+            commit: A ref or checksum.
+            arch: The device's architecture, when it is not this machine's (a disk image
+                built for another one).
+            local_kargs: Kernel arguments of this device rather than of an image, such as
+                ``root=UUID=...``; kept in the device state and put first on every deployment.
+        """
         repo = open_repository(repo_dir)
-        found = self._check_commit(repo, commit)
+        self.state.update(local_kargs=list(local_kargs))
+        found = self._check_commit(repo, commit, arch=arch)
         sysroot = self.sysroot
         sysroot.pull(repo, found["checksum"])
         new = sysroot.deploy(self.osname, found["checksum"], merge=None, kargs=found["kargs"])
