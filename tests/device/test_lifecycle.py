@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from afield.device.boot import grubenv
-from afield.device.bootseq import boot_once
+from afield.device.bootseq import boot_marker, boot_once
 from afield.device.lifecycle import Device
 from afield.device.status import device_status
 from afield.errors import DeviceError
@@ -77,6 +77,33 @@ def test_max_boot_attempts_come_from_greenboot_conf(new_device: NewDevice, image
     assert device.read_env()["boot_counter"] == "1"
     assert boot_once(device).checksum == images.broken
     assert boot_once(device).checksum == images.v1
+
+
+def test_each_boot_is_one_console_line_saying_what_booted_and_what_was_decided(
+    new_device: NewDevice, images: Images
+) -> None:
+    device = new_device()
+    conf = device.booted().path / "etc" / "greenboot" / "greenboot.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("GREENBOOT_MAX_BOOT_ATTEMPTS=1\n")
+    device.stage(images.repo, images.broken)
+    lines = [boot_marker(boot_once(device)) for _ in range(3)]
+    assert lines == [
+        f"afield-boot: checksum={images.broken} health=unhealthy rollback=no",
+        f"afield-boot: checksum={images.v1} health=healthy rollback=yes",
+        f"afield-boot: checksum={images.v1} health=healthy rollback=no",
+    ]
+
+
+def test_a_device_s_own_kernel_arguments_come_first_on_every_deployment(
+    tmp_path: Path, images: Images
+) -> None:
+    device = Device.init(tmp_path / "sysroot", "gateway")
+    device.install(images.repo, images.v1, local_kargs=["root=UUID=1234", "rw"])
+    device.stage(images.repo, images.v2)
+    kargs = [d.kargs for d in device.deployments()]
+    assert [k[:3] for k in kargs] == [("root=UUID=1234", "rw", "console=ttyS0,115200")] * 2
+    assert device.state.load()["local_kargs"] == ["root=UUID=1234", "rw"]
 
 
 def test_local_etc_changes_survive_update_failed_update_and_rollback(
