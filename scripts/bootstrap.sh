@@ -34,6 +34,17 @@ containernetworking-plugins
 runc
 chromium
 fonts-dejavu-core
+fdisk
+dosfstools
+mtools
+grub-pc-bin
+grub-efi-amd64-bin
+ovmf
+qemu-efi-aarch64
+qemu-system-x86
+qemu-system-arm
+qemu-user-static
+arch-test
 "
 
 missing=""

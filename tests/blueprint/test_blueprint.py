@@ -791,7 +791,10 @@ def test_unknown_afield_key_lists_accepted_keys() -> None:
     # A misspelt afield key must not be ignored.
     problem = only(custom("[customizations.afield]\nsource_date = 1\n"))
     assert problem.location == "customizations.afield.source_date"
-    assert problem.message == "unknown key; accepted keys: manifests, source_date_epoch, stream"
+    assert (
+        problem.message
+        == "unknown key; accepted keys: devicetree, manifests, source_date_epoch, stream"
+    )
 
 
 def test_error_names_the_source_file(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ def test_the_pipeline_stages_are_all_registered() -> None:
                 "afield.containers",
                 "afield.users",
                 "afield.files",
+                "afield.devicetree",
                 "afield.services",
                 "afield.hostname",
                 "afield.timezone",

@@ -9,6 +9,7 @@ real OSTree commit in a real afield repository, with the metadata ``afield compo
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from afield.image import open_repository
@@ -23,8 +24,15 @@ def build_tree(
     version: str,
     healthy: bool = True,
     etc: dict[str, str] | None = None,
+    devicetree: bytes | None = None,
+    dtbs: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write an image tree at ``root``; its required health check passes when ``healthy``."""
+    """Write an image tree at ``root``; its required health check passes when ``healthy``.
+
+    ``devicetree`` becomes ``/usr/lib/modules/$kver/devicetree`` and each of ``dtbs`` (a path
+    relative to it, such as ``vendor/board.dtb``) a file under ``/usr/lib/modules/$kver/dtb/``:
+    where afield.devicetree puts them and OSTree looks for them.
+    """
     usr = root / "usr"
     for d in (
         "bin",
@@ -47,6 +55,11 @@ def build_tree(
     modules = usr / "lib" / "modules" / KERNEL
     (modules / "vmlinuz").write_text(f"kernel {KERNEL}\n")
     (modules / "initramfs.img").write_text("initramfs\n")
+    if devicetree is not None:
+        (modules / "devicetree").write_bytes(devicetree)
+    for name, blob in (dtbs or {}).items():
+        (modules / "dtb" / name).parent.mkdir(parents=True, exist_ok=True)
+        (modules / "dtb" / name).write_bytes(blob)
     os_release = f'PRETTY_NAME="afield test image {version}"\nID=debian\nVERSION_ID="12"\n'
     (usr / "lib" / "os-release").write_text(os_release)
     (usr / "etc" / "os-release").write_text(os_release)
@@ -75,9 +88,21 @@ def commit_image(
     arch: str = "x86_64",
     kernel: str | None = KERNEL,
     etc: dict[str, str] | None = None,
+    devicetree: bytes | None = None,
+    dtbs: Mapping[str, bytes] | None = None,
 ) -> str:
-    """Build and commit a test image into the afield repository ``repo_dir``; its checksum."""
-    tree = build_tree(work / f"tree-{version}-{healthy}", version=version, healthy=healthy, etc=etc)
+    """Build and commit a test image into the afield repository ``repo_dir``; its checksum.
+
+    ``devicetree`` and ``dtbs`` are as in :func:`build_tree`.
+    """
+    tree = build_tree(
+        work / f"tree-{version}-{healthy}",
+        version=version,
+        healthy=healthy,
+        etc=etc,
+        devicetree=devicetree,
+        dtbs=dtbs,
+    )
     if kernel is None:
         shutil.rmtree(tree / "usr" / "lib" / "modules")
     repo = open_repository(repo_dir, create=True)

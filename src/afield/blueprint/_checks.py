@@ -76,6 +76,12 @@ MAX_REPOSITORY = 255
 #: Transports a ``[[containers]]`` source may name; anything else is a registry reference.
 ARCHIVE_TRANSPORTS = ("oci-archive", "docker-archive")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+# One component of a device tree path; the characters of the kernel's DTB names, no leading '.'.
+_DTB_PART = re.compile(r"[A-Za-z0-9_+,@-][A-Za-z0-9._+,@-]*")
+#: The longest device tree name ``[customizations.afield.devicetree]`` accepts.
+MAX_DTB_PATH = 255
+#: The most device trees ``[customizations.afield.devicetree]`` may list.
+MAX_DTBS = 256
 
 
 class Problems(ValueError):
@@ -386,4 +392,26 @@ def dns_label(value: str) -> str:
             "expected a DNS label: 1-63 lowercase letters, digits or '-', starting and ending "
             "with a letter or digit"
         )
+    return value
+
+
+def dtb_name(value: str) -> str:
+    """A device tree blob: a path relative to the kernel package's DTB directory
+    (``broadcom/bcm2711-rpi-4-b.dtb``), the absolute path of a file in the image, or a file
+    shipped with the blueprint, relative to its directory after ``./`` (``./board.dtb``)."""
+    _no_control(value, "a device tree name")
+    if len(value) > MAX_DTB_PATH:
+        raise ValueError(f"expected at most {MAX_DTB_PATH} characters")
+    if not value.endswith(".dtb"):
+        raise ValueError("expected a device tree blob whose name ends in '.dtb'")
+    relative = value.removeprefix("./") if value.startswith("./") else value.removeprefix("/")
+    if not all(_DTB_PART.fullmatch(part) for part in relative.split("/")):
+        raise ValueError(
+            "expected a path like broadcom/bcm2711-rpi-4-b.dtb (relative to the kernel "
+            "package's DTB directory), an absolute path in the image, or ./board.dtb (a file "
+            "next to the blueprint): components of letters, digits and . _ + , @ - that do not "
+            "start with '.', no empty components"
+        )
+    if value.startswith("/"):
+        custom_path(value)
     return value

@@ -42,6 +42,7 @@ __all__ = [
     "Blueprint",
     "Container",
     "Customizations",
+    "DeviceTree",
     "Directory",
     "File",
     "Group",
@@ -85,6 +86,7 @@ ContainerSource = Annotated[StrictStr, AfterValidator(_checks.container_source)]
 ContainerName = Annotated[StrictStr, AfterValidator(_checks.container_name)]
 BuilderPath = Annotated[StrictStr, AfterValidator(_checks.builder_path)]
 DnsLabel = Annotated[StrictStr, AfterValidator(_checks.dns_label)]
+DtbName = Annotated[StrictStr, AfterValidator(_checks.dtb_name)]
 
 Loc = tuple[str | int, ...]
 
@@ -357,6 +359,89 @@ class ManifestDirectory(_Model):
         return self.name if self.name is not None else self.default_name
 
 
+class DeviceTree(_Model):
+    """Device tree blobs for boards that boot with one (``[customizations.afield.devicetree]``).
+
+    Each name is a path relative to the kernel package's DTB directory
+    (``/usr/lib/linux-image-$kver/`` in Debian), e.g. ``broadcom/bcm2711-rpi-4-b.dtb``; the
+    absolute path of a file a package installs in the image (``[[customizations.files]]`` holds
+    text, so it cannot place a blob); or, starting with ``./``, a file shipped with the blueprint,
+    relative to its directory (:meth:`is_bundled`; only the syntax is checked here, the file is
+    read when the compose is planned).
+    They are installed under ``/usr/lib/modules/$kver/dtb/``, an absolute one under its base name
+    and a ``./`` one without the ``./``, so two names that install to the same file are refused.
+
+    Attributes:
+        files: the device trees to install, at least one and at most
+            :data:`~afield.blueprint._checks.MAX_DTBS`.
+        default: one of ``files``: the device tree the boot loader hands to the kernel; None
+            leaves the choice to the firmware.
+    """
+
+    files: tuple[DtbName, ...]
+    default: DtbName | None = None
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _count(cls, files: object) -> object:
+        if isinstance(files, list | tuple) and not 1 <= len(files) <= _checks.MAX_DTBS:
+            raise ValueError(f"expected 1 to {_checks.MAX_DTBS} device tree names")
+        return files
+
+    @field_validator("files")
+    @classmethod
+    def _each_target_once(cls, files: tuple[str, ...]) -> tuple[str, ...]:
+        first: dict[str, int] = {}
+        problems: list[tuple[Loc, str]] = []
+        for index, name in enumerate(files):
+            target = cls.installed_name(name)
+            earlier = first.setdefault(target, index)
+            if earlier == index:
+                continue
+            where = f"customizations.afield.devicetree.files[{earlier}]"
+            if files[earlier] == name:
+                problems.append(((index,), f"duplicate device tree {name!r}; see {where}"))
+            else:
+                problems.append(
+                    (
+                        (index,),
+                        f"{name!r} would be installed as dtb/{target}, like {files[earlier]!r} "
+                        f"({where}); an absolute path is installed under its base name, "
+                        "a './' one without the './'",
+                    )
+                )
+        if problems:
+            raise _checks.Problems(problems)
+        return files
+
+    @model_validator(mode="after")
+    def _default_is_listed(self) -> Self:
+        if self.default is not None and self.default not in self.files:
+            raise _checks.Problems(
+                [
+                    (
+                        ("default",),
+                        f"{self.default!r} is not in customizations.afield.devicetree.files; "
+                        "the default must be one of the listed device trees",
+                    )
+                ]
+            )
+        return self
+
+    @staticmethod
+    def is_bundled(name: str) -> bool:
+        """Whether ``name`` is a file shipped with the blueprint (``./board.dtb``)."""
+        return name.startswith("./")
+
+    @staticmethod
+    def installed_name(name: str) -> str:
+        """Where ``name`` goes under ``/usr/lib/modules/$kver/dtb/``: a relative name as it is,
+        an absolute one under its base name, a ``./`` one without the ``./``."""
+        if name.startswith("/"):
+            return posixpath.basename(name)
+        return name.removeprefix("./")
+
+
 class AfieldOptions(_Model):
     """afield's own settings (``[customizations.afield]``); osbuild has no such table.
 
@@ -364,11 +449,13 @@ class AfieldOptions(_Model):
         source_date_epoch: timestamp for reproducible commits; None defers to the environment.
         stream: the update stream, the last part of the OSTree ref.
         manifests: directories of Kubernetes manifests to bake into the image; names differ.
+        devicetree: device tree blobs to install with the kernel; None for none.
     """
 
     source_date_epoch: Epoch | None = None
     stream: Stream = DEFAULT_STREAM
     manifests: tuple[ManifestDirectory, ...] = ()
+    devicetree: DeviceTree | None = None
 
     @field_validator("manifests")
     @classmethod

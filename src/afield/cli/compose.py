@@ -20,6 +20,9 @@ def compose_command(
     ref: str | None = typer.Option(
         None, "--ref", help="OSTree ref [default: afield/<name>/<arch>/<stream>]."
     ),
+    arch: str | None = typer.Option(
+        None, "--arch", help="Build for x86_64 or aarch64 [default: this machine's]."
+    ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run every stage; save nothing."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print the stages' output."),
     as_json: bool = typer.Option(False, "--json", help="Print {commit, ref, version} as JSON."),
@@ -37,6 +40,7 @@ def compose_command(
             ref=ref,
             reporter=progress,
             use_cache=not no_cache,
+            arch=arch,
         )
     if as_json:
         print_json({"commit": result.commit, "ref": result.ref, "version": result.version})

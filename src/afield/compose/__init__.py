@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from afield.blueprint import Blueprint
+from afield.compose._foreign import ensure_emulation
 from afield.compose.pipeline import Facts, Reporter, run_pipeline
 from afield.compose.plan import host_target, plan
 from afield.compose.stages.ostree_commit import staging_repo_path
@@ -50,8 +51,12 @@ def compose(
     ref: str | None = None,
     reporter: Reporter | None = None,
     use_cache: bool = True,
+    arch: str | None = None,
 ) -> ComposeResult:
     """Compose ``blueprint`` into the afield repository ``repo_dir`` and return the commit.
+
+    ``arch`` (``x86_64``/``aarch64``, default this machine's) is the architecture to build for;
+    a foreign one runs package scripts through qemu-user-static.
 
     On any failure the repository's refs are unchanged (the commit and ref move happen in one
     OSTree transaction at the very end).
@@ -61,7 +66,8 @@ def compose(
             "compose needs root (mmdebstrap --mode=root, chroot); run it as root", user_error=True
         )
     cache = cache_dir or default_cache_dir()
-    target = host_target(blueprint.distro)
+    target = host_target(blueprint.distro, arch)
+    ensure_emulation(target.debian_arch)
     specs = plan(blueprint, target, ref=ref)
     repo = open_repository(repo_dir, create=True)
     wanted_ref = str(specs[-1].options["ref"])

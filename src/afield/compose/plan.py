@@ -6,8 +6,9 @@ so that editing files, users, services or manifests reuses their checkpoints.
 
 Planning reads the inputs that live outside the blueprint and pins them: baked manifests are
 loaded and checked here (a manifest podman cannot play fails the compose at once, not after
-mmdebstrap), archives are hashed and registry tags resolved to digests. The containers and
-manifests stages are planned only for blueprints that have them.
+mmdebstrap), device trees shipped with the blueprint are read into the options, archives are
+hashed and registry tags resolved to digests. The containers, devicetree and manifests stages
+are planned only for blueprints that have them.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from typing import Any
 from afield.blueprint import Blueprint
 from afield.compose._sources import debian_mirrors
 from afield.compose.pipeline import StageSpec
-from afield.compose.stages import containers, device_agent, manifests
+from afield.compose.stages import containers, device_agent, devicetree, manifests
 from afield.errors import ComposeError
 
-__all__ = ["BASE_PACKAGES", "Target", "host_target", "image_ref", "plan"]
+__all__ = ["BASE_PACKAGES", "Target", "host_target", "image_ref", "kernel_package", "plan"]
 
 # What every afield image needs to boot from an OSTree deployment under systemd.
 BASE_PACKAGES = ("systemd", "systemd-sysv", "udev", "dbus", "dracut", "ostree", "ostree-boot")
 DRACUT_MODULES = ("ostree", "systemd")
+# Per architecture: what the image carries for its boot loader. Disks for arm64 are built with
+# the image's own GRUB modules (Debian ships grub-efi-arm64-bin for arm64 only, so an x86_64
+# builder has none); x86_64 disks use the builder's GRUB.
+_BOOT_PACKAGES = {"amd64": (), "arm64": ("grub-efi-arm64-bin",)}
 _UNIT_SUFFIXES = (
     ".service",
     ".socket",
@@ -57,16 +62,39 @@ class Target:
         return _ARCHES[self.debian_arch]
 
 
-def host_target(distro: str) -> Target:
-    """Build for the builder's own architecture from its Debian apt sources."""
+def host_target(distro: str, arch: str | None = None) -> Target:
+    """Build for ``arch`` (default: the builder's own) from the builder's Debian apt sources.
+
+    ``arch`` is an OSTree (``x86_64``, ``aarch64``) or Debian (``amd64``, ``arm64``) name. A
+    foreign architecture runs its package scripts through qemu-user-static (binfmt_misc).
+    """
     suite = _DEBIAN_SUITES.get(distro)
     if suite is None:
         raise ComposeError(f"distro {distro!r} is not supported; supported: debian-12")
-    machine = platform.machine()
-    debian_arch = {v: k for k, v in _ARCHES.items()}.get(machine)
+    by_machine = {v: k for k, v in _ARCHES.items()}
+    wanted = arch or platform.machine()
+    debian_arch = by_machine.get(wanted) or (wanted if wanted in _ARCHES else None)
     if debian_arch is None:
-        raise ComposeError(f"cannot compose on a {machine} builder; supported: x86_64, aarch64")
+        raise ComposeError(
+            f"cannot compose for {wanted}; supported: x86_64 (amd64), aarch64 (arm64)",
+            user_error=arch is not None,
+        )
     return Target(suite=suite, debian_arch=debian_arch, mirrors=tuple(debian_mirrors(suite)))
+
+
+def kernel_package(blueprint: Blueprint, target: Target) -> str:
+    """The blueprint's kernel package, or Debian's generic kernel of the target architecture."""
+    kernel = blueprint.customizations.kernel
+    if kernel is None or not kernel.name:
+        return f"linux-image-{target.debian_arch}"
+    for other in _ARCHES:
+        if other != target.debian_arch and kernel.name.endswith(f"-{other}"):
+            raise ComposeError(
+                f"customizations.kernel.name {kernel.name!r} is an {other} kernel; "
+                f"the image is built for {target.debian_arch}",
+                user_error=True,
+            )
+    return kernel.name
 
 
 def image_ref(blueprint: Blueprint, target: Target) -> str:
@@ -78,9 +106,14 @@ def _unit(name: str) -> str:
     return name if name.endswith(_UNIT_SUFFIXES) else f"{name}.service"
 
 
-def _packages(blueprint: Blueprint) -> tuple[list[str], dict[str, str]]:
+def _packages(blueprint: Blueprint, target: Target) -> tuple[list[str], dict[str, str]]:
     custom = blueprint.customizations
-    names = [*BASE_PACKAGES, *device_agent.PACKAGES, blueprint.kernel_package]
+    names = [
+        *BASE_PACKAGES,
+        *_BOOT_PACKAGES[target.debian_arch],
+        *device_agent.PACKAGES,
+        kernel_package(blueprint, target),
+    ]
     if blueprint.containers or custom.afield.manifests:
         names += containers.PACKAGES
     if custom.locale is not None and custom.locale.languages:
@@ -106,9 +139,10 @@ def plan(blueprint: Blueprint, target: Target, *, ref: str | None = None) -> lis
     """The stages that compose ``blueprint`` for ``target``, with the ref the commit lands on."""
     custom = blueprint.customizations
     epoch = blueprint.source_date_epoch
-    names, constraints = _packages(blueprint)
+    names, constraints = _packages(blueprint, target)
     # Local checks first: a bad manifest fails before a registry is asked anything.
     baked_manifests = manifests.plan_options(blueprint) if custom.afield.manifests else None
+    devicetree_options = devicetree.plan_options(blueprint)  # reads the blueprint's own DTBs
     baked_images = (
         containers.plan_options(blueprint, architecture=target.debian_arch, source_date_epoch=epoch)
         if blueprint.containers
@@ -156,6 +190,8 @@ def plan(blueprint: Blueprint, target: Target, *, ref: str | None = None) -> lis
         *([StageSpec(containers.NAME, baked_images)] if baked_images else []),
         StageSpec("afield.users", users),
         StageSpec("afield.files", files),
+        # After the files: an absolute device tree name is read from the finished tree.
+        *([StageSpec(devicetree.NAME, devicetree_options)] if devicetree_options else []),
         StageSpec(
             "afield.services",
             {
