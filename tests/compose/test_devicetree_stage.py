@@ -16,10 +16,11 @@ import jsonschema
 import pytest
 
 from afield import blueprint as bp
-from afield.compose.pipeline import StageContext, load_stage, registry, stage_ids, stage_schema
+from afield.compose.pipeline import registry, stage_ids, stage_schema
 from afield.compose.plan import Target, plan
 from afield.compose.stages.devicetree import MAX_BLOB_BYTES, MAX_BLOBS_BYTES
 from afield.errors import ComposeError, StageError
+from tests.compose import run_stage
 from tests.conftest import EXAMPLE
 
 pytestmark = pytest.mark.root
@@ -73,14 +74,7 @@ def _run(
 
 def _run_options(tree: Path, options: dict[str, Any]) -> dict[str, Any]:
     jsonschema.validate(options, stage_schema(registry()["afield.devicetree"]))
-    ctx = StageContext(
-        tree=tree,
-        workdir=tree.parent,
-        cache_dir=tree.parent / "cache",
-        facts={},
-        log=lambda _: None,
-    )
-    return load_stage("afield.devicetree").run(ctx, options)
+    return run_stage("afield.devicetree", tree, options)
 
 
 def test_listed_device_trees_land_under_dtb_and_the_default_as_devicetree(tmp_path: Path) -> None:

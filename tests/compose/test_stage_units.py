@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from afield.compose.pipeline import StageContext, load_stage
 from afield.errors import StageError
+from tests.compose import run_stage
 
 pytestmark = pytest.mark.root
 
@@ -61,20 +60,9 @@ def _tree(tmp_path: Path) -> Path:
     return tree
 
 
-def _run(name: str, tree: Path, options: dict[str, Any]) -> dict[str, Any]:
-    ctx = StageContext(
-        tree=tree,
-        workdir=tree.parent,
-        cache_dir=tree.parent / "cache",
-        facts={},
-        log=lambda _: None,
-    )
-    return load_stage(name).run(ctx, options)
-
-
 def test_files_stage_writes_content_owner_and_mode(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
-    _run(
+    run_stage(
         "afield.files",
         tree,
         {
@@ -102,7 +90,9 @@ def test_files_stage_writes_content_owner_and_mode(tmp_path: Path) -> None:
 def test_files_stage_writes_through_symlinks_only_inside_the_tree(tmp_path: Path) -> None:
     # Threat: /var/run is a symlink to /run; a blueprint path through it must not hit the host.
     tree = _tree(tmp_path)
-    _run("afield.files", tree, {"directories": [], "files": [{"path": "/var/run/x", "data": "1"}]})
+    run_stage(
+        "afield.files", tree, {"directories": [], "files": [{"path": "/var/run/x", "data": "1"}]}
+    )
     assert (tree / "run" / "x").read_text() == "1"
     assert not Path("/run/x").exists()
 
@@ -110,14 +100,14 @@ def test_files_stage_writes_through_symlinks_only_inside_the_tree(tmp_path: Path
 def test_files_stage_refuses_a_missing_parent_without_ensure_parents(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
     with pytest.raises(StageError, match=r"/etc/nope/x: parent directory does not exist") as e:
-        _run("afield.files", tree, {"directories": [], "files": [{"path": "/etc/nope/x"}]})
+        run_stage("afield.files", tree, {"directories": [], "files": [{"path": "/etc/nope/x"}]})
     assert e.value.user_error
 
 
 def test_files_stage_refuses_an_owner_the_image_does_not_have(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
     with pytest.raises(StageError, match=r"/etc/x: user 'ghost' does not exist in the image"):
-        _run(
+        run_stage(
             "afield.files",
             tree,
             {"directories": [], "files": [{"path": "/etc/x", "user": "ghost"}]},
@@ -129,12 +119,14 @@ def test_services_stage_names_a_unit_the_image_lacks(tmp_path: Path) -> None:
     with pytest.raises(
         StageError, match=r"services.enabled: no such unit in the image: nginx.service"
     ):
-        _run("afield.services", tree, {"enabled": ["nginx.service"], "disabled": [], "masked": []})
+        run_stage(
+            "afield.services", tree, {"enabled": ["nginx.service"], "disabled": [], "masked": []}
+        )
 
 
 def test_hostname_stage_writes_hostname_and_hosts(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
-    _run("afield.hostname", tree, {"hostname": "gw-01"})
+    run_stage("afield.hostname", tree, {"hostname": "gw-01"})
     assert (tree / "etc" / "hostname").read_text() == "gw-01\n"
     assert "127.0.1.1\tgw-01" in (tree / "etc" / "hosts").read_text()
 
@@ -142,12 +134,12 @@ def test_hostname_stage_writes_hostname_and_hosts(tmp_path: Path) -> None:
 def test_timezone_stage_refuses_a_zone_the_image_lacks(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
     with pytest.raises(StageError, match="unknown time zone 'Mars/Olympus'"):
-        _run("afield.timezone", tree, {"timezone": "Mars/Olympus", "ntpservers": []})
+        run_stage("afield.timezone", tree, {"timezone": "Mars/Olympus", "ntpservers": []})
 
 
 def test_ostree_prepare_moves_etc_and_turns_var_into_tmpfiles(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
-    facts = _run("afield.ostree.prepare", tree, {})
+    facts = run_stage("afield.ostree.prepare", tree, {})
     assert not (tree / "etc").exists()
     usr_etc = tree / "usr" / "etc"
     assert (usr_etc / "machine-id").read_text() == ""
@@ -180,7 +172,7 @@ def test_ostree_prepare_moves_etc_and_turns_var_into_tmpfiles(tmp_path: Path) ->
 
 def test_ostree_prepare_refuses_a_tree_prepared_twice(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
-    _run("afield.ostree.prepare", tree, {})
+    run_stage("afield.ostree.prepare", tree, {})
     (tree / "etc").mkdir()
     with pytest.raises(StageError, match="prepared twice"):
-        _run("afield.ostree.prepare", tree, {})
+        run_stage("afield.ostree.prepare", tree, {})

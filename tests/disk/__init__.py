@@ -9,6 +9,7 @@ image already built; the arm64 one is a minimal image with the same files. What 
   into the disk's ``/var`` before it boots);
 - ``afield-test-poweroff.service``: powers off once the health check and the update are done,
   so each QEMU run is one boot;
+- a systemd-networkd DHCP configuration (the example configures no network);
 - ``GREENBOOT_MAX_BOOT_ATTEMPTS=1``: a staged release gets one boot, so a fallback takes two;
 - in a ``broken`` image, a required health check that fails.
 """
@@ -19,6 +20,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from afield.device.boot.grubenv import read_grubenv
 from tests.conftest import EXAMPLE
 
 UPDATE_URL_FILE = "var/lib/afield/test-update"
@@ -56,6 +58,15 @@ WantedBy=multi-user.target
 """
 
 [[customizations.files]]
+path = "/etc/systemd/network/80-afield-test.network"
+data = """
+[Match]
+Name=en* eth*
+[Network]
+DHCP=ipv4
+"""
+
+[[customizations.files]]
 path = "/etc/greenboot/greenboot.conf"
 ensure_parents = true
 data = "GREENBOOT_MAX_BOOT_ATTEMPTS=1\\n"
@@ -82,7 +93,7 @@ name = "linux-image-cloud-arm64"
 append = "console=ttyAMA0"
 
 [customizations.services]
-enabled = ["afield-test-update", "afield-test-poweroff"]
+enabled = ["systemd-networkd", "afield-test-update", "afield-test-poweroff"]
 
 [customizations.afield]
 source_date_epoch = 1767225600
@@ -108,7 +119,8 @@ def boot_blueprint(
         # No "quiet": the boot tests read systemd's greeting and the health check's marker.
         'append = "console=ttyS0,115200 quiet"': 'append = "console=ttyS0,115200"',
         'enabled = ["ssh", "nftables"]': (
-            'enabled = ["ssh", "nftables", "afield-test-update", "afield-test-poweroff"]'
+            'enabled = ["ssh", "nftables", "systemd-networkd", "afield-test-update", '
+            '"afield-test-poweroff"]'
         ),
     }
     for old, new in replacements.items():
@@ -148,3 +160,10 @@ def debugfs_bytes(disk: Path, partition: str, path: str, scratch: Path) -> bytes
     out.unlink(missing_ok=True)
     debugfs(disk, partition, f"dump {path} {out}")
     return out.read_bytes()
+
+
+def grubenv_on(disk: Path, scratch: Path) -> dict[str, str]:
+    """The grubenv on the disk's ``/boot``, read as GRUB's own format."""
+    env = scratch / "grubenv"
+    env.write_text(debugfs(disk, "boot", "cat /grub2/grubenv"))
+    return read_grubenv(env)

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from afield.device.boot.grubenv import read_grubenv
 from afield.disk import MIB, Layout, assemble, build_disk, prepare
 from afield.errors import DiskError
 from tests.conftest import afield
 from tests.device.images import commit_image
-from tests.disk import debugfs, partition_offset
+from tests.disk import debugfs, grubenv_on, partition_offset
 
 pytestmark = pytest.mark.root
 
@@ -59,9 +58,7 @@ def test_a_bios_disk_holds_grub_the_boot_entries_and_the_deployment(
     grub_cfg = debugfs(disk.path, "boot", "cat /grub2/grub.cfg")
     assert "menuentry" in grub_cfg and "load_env boot_counter boot_success" in grub_cfg
     assert "normal.mod" in debugfs(disk.path, "boot", "ls /grub2/i386-pc")
-    env = tmp_path / "grubenv"
-    env.write_text(debugfs(disk.path, "boot", "cat /grub2/grubenv"))
-    assert read_grubenv(env) == {"boot_success": "1"}
+    assert grubenv_on(disk.path, tmp_path) == {"boot_success": "1"}
 
     deployment = f"/ostree/deploy/gateway/deploy/{small.v1}.0"
     assert debugfs(disk.path, "root", f"cat {deployment}/etc/fstab") == layout.fstab()

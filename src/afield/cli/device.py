@@ -219,6 +219,8 @@ def healthcheck(
     else:
         state = "healthy" if result.healthy else "unhealthy"
         console.print(f"afield: {result.version} {result.checksum[:12]} {state}: {result.reason}")
+        for check in result.report.failed:
+            console.print(f"  failed {check.stage}/{check.name}: {check.reason}", markup=False)
         # One unwrapped line for the serial console (the unit sends stdout there), which QEMU
         # tests and a technician with a serial cable read.
         print(boot_marker(result), flush=True)
