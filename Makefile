@@ -33,6 +33,7 @@ bench: bootstrap
 	$(PY) benchmarks/fleet_scale.py
 	$(PY) benchmarks/workloads.py
 	$(PY) benchmarks/dashboard.py
+	$(PY) benchmarks/boot.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache _demo
